@@ -1,0 +1,8 @@
+"""Pure tensor math for distribution matching: MMD kernels and moment diagnostics.
+
+Nothing here does I/O or knows about models, data or Ray.
+"""
+from kernels.mmd import KERNELS, ESTIMATORS, kernel_matrix, mmd2
+from kernels.moments import MOMENT_ORDERS, moment_gaps
+
+__all__ = ["KERNELS", "ESTIMATORS", "kernel_matrix", "mmd2", "MOMENT_ORDERS", "moment_gaps"]
