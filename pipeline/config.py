@@ -1,0 +1,83 @@
+"""Compose a run's config from a preset and Hydra overrides, and check it.
+
+The configs ship inside the ``configs`` package and are found with Hydra's module search
+path, so this works wherever the calling script lives (``ray submit`` copies run.py alone).
+"""
+from __future__ import annotations
+
+from importlib import resources
+
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
+
+from kernels import ESTIMATORS, KERNELS
+from models import list_models
+from models.augment import GEOMETRIC_OPS
+
+BASE = "base"
+CHOICES = {
+    "method": ("m3d", "random"),
+    "device": ("auto", "cpu", "cuda"),
+    "kernel": KERNELS,
+    "estimator": ESTIMATORS,
+    "update_mode": ("reference", "batched"),
+    "init": ("mix",),
+}
+
+
+class ConfigError(ValueError):
+    """A preset, key or value the user gave is not valid; the message lists the valid ones."""
+
+
+def list_presets() -> list[str]:
+    files = resources.files("configs").iterdir()
+    return sorted(f.name[:-5] for f in files if f.name.endswith(".yaml") and f.name != f"{BASE}.yaml")
+
+
+def _dotted_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in cfg.items():
+        keys += _dotted_keys(v, f"{prefix}{k}.") if isinstance(v, DictConfig) else [f"{prefix}{k}"]
+    return keys
+
+
+def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The resolved config of ``preset`` with ``overrides`` (Hydra syntax, ``key=value``)."""
+    presets = list_presets()
+    if preset not in presets:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(presets)}")
+    with initialize_config_module("configs", version_base=None):
+        try:
+            cfg = compose(config_name=preset, overrides=list(overrides))
+        except ConfigCompositionException as e:
+            valid = _dotted_keys(compose(config_name=preset))
+            reason = str(e).splitlines()[0]  # Hydra's second line suggests "+key", which we do not support
+            raise ConfigError(f"{reason} (preset {preset!r})\nvalid keys: {', '.join(valid)}") from None
+    OmegaConf.resolve(cfg)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the key for any value outside its valid set or range."""
+    for key, allowed in CHOICES.items():
+        if cfg[key] not in allowed:
+            raise ConfigError(f"{key}={cfg[key]!r} is not valid; choose one of: {', '.join(allowed)}")
+    for key in ("ipc", "factor", "iterations", "ipm", "batch_real", "log_every", "data.channels", "data.num_classes",
+                "eval.epochs", "eval.batch_size", "eval.test_every"):
+        if OmegaConf.select(cfg, key) < 1:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
+    if cfg.eval.runs < 0:
+        raise ConfigError(f"eval.runs={cfg.eval.runs} must be >= 0")
+    models = list_models()
+    for key, arch in [("encoder.arch", cfg.encoder.arch)] + [("eval.archs", a) for a in cfg.eval.archs]:
+        if arch not in models:
+            raise ConfigError(f"{key}: unknown architecture {arch!r}; choose from: {', '.join(models)}")
+    for key in ("augment.geometric", "eval.augment.geometric"):
+        bad = set(OmegaConf.select(cfg, key)) - set(GEOMETRIC_OPS)
+        if bad:
+            raise ConfigError(f"{key}: unknown ops {sorted(bad)}; choose from: {', '.join(GEOMETRIC_OPS)}")
+    for key in ("data.mean", "data.std"):
+        if len(OmegaConf.select(cfg, key)) != cfg.data.channels:
+            raise ConfigError(f"{key} has {len(OmegaConf.select(cfg, key))} values, data.channels={cfg.data.channels}")

@@ -1,0 +1,76 @@
+"""Load a dataset split into memory as uint8 tensors (the in-memory path; the sharded
+WebDataset layer streams instead)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+
+@dataclass
+class LabeledImages:
+    """``images`` uint8 (N, C, H, W); ``labels`` int64 (N,); ``class_names`` one per class."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+
+
+def _digits(data_cfg, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # (N, 8, 8, 1), 0..16 -> 0..255
+    order = np.random.RandomState(0).permutation(len(x))  # fixed split, independent of the run seed
+    n_test = int(round(len(x) * float(data_cfg.test_fraction)))
+    pick = order[:n_test] if split == "test" else order[n_test:]
+    pick.sort()
+    return x[pick], d.target[pick].astype(np.int64), [str(n) for n in d.target_names]
+
+
+def _npz(data_cfg, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if data_cfg.root is None:
+        raise ValueError("data.root is not set: give the folder that holds train.npz and test.npz (data.root=PATH)")
+    path = Path(str(data_cfg.root)).expanduser() / f"{split}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (data.root={data_cfg.root} must hold {split}.npz)")
+    with np.load(path) as d:
+        missing = {"x", "y", "class_names"} - set(d.files)
+        if missing:
+            raise KeyError(f"{path}: missing arrays {sorted(missing)} (has {sorted(d.files)})")
+        x, y, names = d["x"], d["y"], [str(n) for n in d["class_names"]]
+    if x.dtype != np.uint8 or x.ndim != 4:
+        raise ValueError(f"{path}: 'x' must be uint8 (N, H, W, C), got {x.dtype} {x.shape}")
+    return x, y.astype(np.int64), names
+
+
+SOURCES = {"digits": _digits, "npz": _npz}
+
+
+def load_split(data_cfg, split: str) -> LabeledImages:
+    """Read ``split`` ("train" or "test") of the dataset that ``data_cfg`` describes and check it
+    against the config: channel count, image size (resized when ``data.resize``), labels."""
+    if data_cfg.source not in SOURCES:
+        raise ValueError(f"unknown data.source {data_cfg.source!r}; choose one of {sorted(SOURCES)}")
+    x, y, names = SOURCES[data_cfg.source](data_cfg, split)
+    where = f"{data_cfg.source} {split} split" + (f" under {data_cfg.root}" if data_cfg.root else "")
+    if x.shape[-1] != data_cfg.channels:
+        raise ValueError(f"{where}: images have {x.shape[-1]} channels, data.channels={data_cfg.channels}")
+    if len(names) != data_cfg.num_classes:
+        raise ValueError(f"{where}: {len(names)} class names, data.num_classes={data_cfg.num_classes}")
+    bad = (y < 0) | (y >= data_cfg.num_classes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{where}: label {y[i]} at index {i} is outside 0..{data_cfg.num_classes - 1}")
+    images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()
+    size = tuple(data_cfg.image_size)
+    if tuple(images.shape[-2:]) != size:
+        if not data_cfg.resize:
+            raise ValueError(f"{where}: images are {tuple(images.shape[-2:])}, data.image_size={list(size)} "
+                             "(set data.resize=true to resize)")
+        images = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+        images = images.round().clamp(0, 255).to(torch.uint8)
+    return LabeledImages(images, torch.from_numpy(y), names)

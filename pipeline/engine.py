@@ -1,0 +1,215 @@
+"""The single-process M3D condensation engine (what every Ray worker calls).
+
+One ``Condenser`` owns the synthetic images of some classes. Each ``step()``:
+  1. builds (or reuses) the random encoder of iteration t, seeded from (seed, t // ipm);
+  2. draws each class's real batch from (seed, class, t) and each class's augmentation
+     from the row of a (seed, t) table, so the step is the same however classes are split;
+  3. sends the real images of *all* its classes through one no-grad encoder forward and the
+     decoded synthetic images through one more (instance norm makes that identical to the
+     reference's per-class forward of [real; synthetic]);
+  4. computes one MMD^2 per class and updates the pixels, then clamps them to [0, 1].
+
+Update modes (``update_mode``):
+  reference  The released code loops over the C classes of the dataset and after each
+             class's backward does one SGD step on the single synthetic tensor, whose one
+             momentum buffer keeps moving every class's rows on the other C - 1 steps. A
+             class's rows see a zero gradient on those steps, so their trajectory has a
+             closed form: k "drift" steps (k = the class's position), its own gradient step,
+             then C - 1 - k drift steps. We replay exactly that per block of rows, with the
+             gradient evaluated where the sequential loop evaluates it (after the first k
+             drifts), but for all classes in one batched forward. Results match the
+             sequential loop to float rounding (tests/test_engine.py).
+  batched    The paper's description: one SGD step per iteration on sum_c MMD^2_c. About half
+             the effective step size of `reference` for momentum 0.5.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from omegaconf import DictConfig
+
+from kernels import mmd2
+from models import NUM_UNIFORMS, AugmentSpec, augment, create_model, decode, mix_init
+from pipeline.class_pool import ClassPool
+from pipeline.seeding import derive_seed, generator
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    num_classes: int
+    channels: int
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    ipc: int = 10
+    factor: int = 2
+    ipm: int = 5
+    kernel: str = "gaussian"
+    estimator: str = "biased"
+    lr: float = 1.0
+    momentum: float = 0.5
+    batch_real: int = 128
+    update_mode: str = "reference"
+    seed: int = 0
+    encoder: str = "convnet3"
+    encoder_width: int | None = None
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "EngineSettings":
+        d = cfg.data
+        return cls(num_classes=d.num_classes, channels=d.channels, image_size=tuple(d.image_size),
+                   mean=tuple(d.mean), std=tuple(d.std), ipc=cfg.ipc, factor=cfg.factor, ipm=cfg.ipm,
+                   kernel=cfg.kernel, estimator=cfg.estimator, lr=cfg.lr, momentum=cfg.momentum,
+                   batch_real=cfg.batch_real, update_mode=cfg.update_mode, seed=cfg.seed, encoder=cfg.encoder.arch,
+                   encoder_width=cfg.encoder.width, augment=augment_spec(cfg.augment))
+
+
+def augment_spec(aug_cfg: DictConfig) -> AugmentSpec:
+    return AugmentSpec(color=aug_cfg.color, geometric=tuple(aug_cfg.geometric), cutout=aug_cfg.cutout)
+
+
+def build_encoder(s: EngineSettings, index: int) -> torch.nn.Module:
+    """The random encoder number ``index`` (= t // ipm). Built on the CPU under its own seed so
+    that every worker and every device gets the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(s.seed, "encoder", index))
+        net = create_model(s.encoder, s.channels, s.num_classes, s.image_size, s.encoder_width)
+    return net.train()
+
+
+def augment_uniforms(s: EngineSettings, iteration: int) -> torch.Tensor:
+    """(num_classes, NUM_UNIFORMS): row c drives class c's siamese augmentation at ``iteration``."""
+    return torch.rand(s.num_classes, NUM_UNIFORMS, generator=generator(s.seed, "augment", iteration))
+
+
+def drift(mu: float, n: int) -> float:
+    """sum_{j=1..n} mu^j: how far n zero-gradient momentum steps move, in units of lr * buffer."""
+    return sum(mu**j for j in range(1, n + 1))
+
+
+class Condenser:
+    """Synthetic images of ``classes`` (global class indices), updated one iteration per ``step``."""
+
+    def __init__(self, settings: EngineSettings, pool: ClassPool, classes: Sequence[int],
+                 device: torch.device | str = "cpu"):
+        self.s, self.pool, self.device = settings, pool, torch.device(device)
+        self.classes = [int(c) for c in classes]
+        s = settings
+        per_class = s.ipc * s.factor**2
+        self.images = torch.cat([mix_init(pool.first(c, per_class), s.factor) for c in self.classes]).to(self.device)
+        self.momentum = torch.zeros_like(self.images)
+        self.iteration = 0
+        self._encoder_index, self._encoder = None, None
+        shape = (-1, 1, 1, 1)
+        self._mean = torch.tensor(s.mean, device=self.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(s.std, device=self.device).view(1, -1, 1, 1)
+        # Per-row constants of the reference replay: class at global position k drifts k steps
+        # before its gradient step and C - 1 - k after it.
+        before = torch.tensor([c for c in self.classes], dtype=torch.float64)
+        after = s.num_classes - 1 - before
+        rows = lambda v: v.repeat_interleave(s.ipc).to(self.device, torch.float32).view(shape)  # noqa: E731
+        mu = s.momentum
+        self._pre_shift = rows(torch.tensor([s.lr * drift(mu, int(k)) for k in before], dtype=torch.float64))
+        self._pre_decay = rows(mu**before)
+        self._post_shift = rows(torch.tensor([s.lr * drift(mu, int(k)) for k in after], dtype=torch.float64))
+        self._post_decay = rows(mu**after)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """Label of every stored image, (len(classes) * ipc,)."""
+        return torch.tensor(self.classes).repeat_interleave(self.s.ipc)
+
+    def encoder(self, iteration: int) -> torch.nn.Module:
+        index = iteration // self.s.ipm
+        if index != self._encoder_index:
+            self._encoder_index = index
+            self._encoder = build_encoder(self.s, index).requires_grad_(False).to(self.device)
+        return self._encoder
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self._mean) / self._std
+
+    def class_losses(self, images: torch.Tensor, iteration: int) -> torch.Tensor:
+        """MMD^2 per class, (len(classes),), between the real batch of ``iteration`` and
+        ``images`` (this worker's stored synthetic images). All classes share one batched forward
+        for the real images (no grad) and one for the synthetic ones."""
+        s = self.s
+        real = self.pool.sample(self.classes, s.batch_real, s.seed, iteration).to(self.device)
+        syn = decode(images, s.factor)
+        sizes_real = self.pool.batch_sizes(self.classes, s.batch_real)
+        n_syn = s.ipc * s.factor**2
+        position = torch.arange(len(self.classes))
+        groups_real = position.repeat_interleave(torch.tensor(sizes_real))
+        groups_syn = position.repeat_interleave(n_syn)
+        u = augment_uniforms(s, iteration)[self.classes]
+        encoder = self.encoder(iteration)
+        # Real images need no gradient: a separate no-grad forward saves the backward through
+        # them and their activations. Per-image norm and per-group augmentation make the split exact.
+        with torch.no_grad():
+            f_real = encoder.embed(augment(self._normalize(real), u, groups_real, s.augment))
+        f_syn = encoder.embed(augment(self._normalize(syn), u, groups_syn, s.augment))
+        f_syn = f_syn.view(len(self.classes), n_syn, -1)
+        if len(set(sizes_real)) == 1:
+            return mmd2(f_syn, f_real.view(len(self.classes), sizes_real[0], -1), s.kernel, s.estimator)
+        parts = torch.split(f_real, sizes_real)
+        return torch.stack([mmd2(f_syn[i], p, s.kernel, s.estimator) for i, p in enumerate(parts)])
+
+    def step(self) -> torch.Tensor:
+        """Run iteration ``self.iteration``; returns the per-class losses (detached, CPU)."""
+        s, t = self.s, self.iteration
+        if s.update_mode == "reference":
+            at = (self.images - self._pre_shift * self.momentum).requires_grad_(True)
+            losses = self.class_losses(at, t)
+            (grad,) = torch.autograd.grad(losses.sum(), at)
+            with torch.no_grad():
+                buf = self._pre_decay * self.momentum + grad
+                images = at.detach() - s.lr * buf - self._post_shift * buf
+                self.momentum = self._post_decay * buf
+        elif s.update_mode == "batched":
+            at = self.images.clone().requires_grad_(True)
+            losses = self.class_losses(at, t)
+            (grad,) = torch.autograd.grad(losses.sum(), at)
+            with torch.no_grad():
+                self.momentum = s.momentum * self.momentum + grad
+                images = self.images - s.lr * self.momentum
+        else:
+            raise ValueError(f"unknown update_mode {s.update_mode!r}; choose reference or batched")
+        self.images = images.clamp_(0.0, 1.0)
+        self.iteration += 1
+        return losses.detach().cpu()
+
+    def state_dict(self) -> dict:
+        return {"images": self.images.cpu(), "momentum": self.momentum.cpu(), "iteration": self.iteration,
+                "classes": list(self.classes)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["classes"]) != self.classes:
+            raise ValueError(f"checkpoint holds classes {state['classes']}, this condenser owns {self.classes}")
+        self.images = state["images"].to(self.device)
+        self.momentum = state["momentum"].to(self.device)
+        self.iteration = int(state["iteration"])
+
+
+def condense(condenser: Condenser, iterations: int, log_every: int = 1,
+             on_log: Callable[[int, torch.Tensor], None] | None = None, progress: bool = True) -> list[tuple[int, list[float]]]:
+    """Step ``condenser`` until it has done ``iterations`` in all; returns [(t, per-class losses)]
+    every ``log_every`` iterations. A tqdm bar shows the iteration and the mean loss."""
+    from tqdm.auto import tqdm
+
+    history = []
+    bar = tqdm(total=iterations, initial=condenser.iteration, desc="condense", unit="it", disable=not progress,
+               dynamic_ncols=True)
+    with bar:
+        while condenser.iteration < iterations:
+            t = condenser.iteration
+            losses = condenser.step()
+            if t % log_every == 0 or condenser.iteration == iterations:
+                history.append((t, losses.tolist()))
+                bar.set_postfix(mmd2=f"{losses.mean().item():.4g}")
+                if on_log is not None:
+                    on_log(t, losses)
+            bar.update(1)
+    return history

@@ -1,0 +1,131 @@
+"""Evaluation protocol (SPEC.md, IDC's): train a fresh network on the synthetic set only,
+test on the full real test set.
+
+SGD (lr 0.01, momentum 0.9, weight decay 5e-4), batch 64, step decay x0.2 at 2/3 and 5/6 of
+the epochs, DSA augmentation per image plus CutMix with probability 0.5. We report the
+last-epoch accuracy; the best accuracy seen on the test set is kept only for comparison
+with the reference, which reports it, and is labelled as such.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.nn import functional as F
+
+from models import NUM_UNIFORMS, AugmentSpec, augment, create_model
+from pipeline.datasets import LabeledImages
+from pipeline.seeding import derive_seed, generator
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    num_classes: int
+    channels: int
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    epochs: int = 1000
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    cutmix_prob: float = 0.5
+    test_every: int = 100
+    augment: AugmentSpec = field(default_factory=lambda: AugmentSpec(cutout=False))
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "EvalSettings":
+        d, e = cfg.data, cfg.eval
+        spec = AugmentSpec(color=e.augment.color, geometric=tuple(e.augment.geometric), cutout=e.augment.cutout)
+        return cls(num_classes=d.num_classes, channels=d.channels, image_size=tuple(d.image_size),
+                   mean=tuple(d.mean), std=tuple(d.std), epochs=e.epochs, lr=e.lr, momentum=e.momentum,
+                   weight_decay=e.weight_decay, batch_size=e.batch_size, cutmix_prob=e.cutmix_prob,
+                   test_every=e.test_every, augment=spec)
+
+
+@dataclass
+class EvalResult:
+    arch: str
+    seed: int
+    accuracy: float  # last epoch, fraction in [0, 1]
+    best_accuracy: float  # best test accuracy seen during training (test-set selection)
+    curve: list[tuple[int, float]]  # (epoch, test accuracy)
+    seconds: float
+
+
+def _normalize(x: torch.Tensor, s: EvalSettings) -> torch.Tensor:
+    mean = torch.tensor(s.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(s.std, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def test_accuracy(model: torch.nn.Module, test: LabeledImages, s: EvalSettings, device: torch.device,
+                  chunk: int = 1000) -> float:
+    """Top-1 accuracy of ``model`` on all of ``test``, a fraction in [0, 1]."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(test.labels), chunk):
+        x = _normalize(test.images[i:i + chunk].to(device).float().div_(255.0), s)
+        correct += int((model(x).argmax(1).cpu() == test.labels[i:i + chunk]).sum())
+    model.train()
+    return correct / len(test.labels)
+
+
+def _cutmix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CutMix (Yun et al. 2019) with lambda ~ Beta(1, 1); returns mixed x, partner labels, lambda."""
+    n, _, h, w = x.shape
+    lam = float(torch.rand(1, generator=g))
+    perm = torch.randperm(n, generator=g).to(x.device)
+    cut_h, cut_w = int(h * np.sqrt(1 - lam)), int(w * np.sqrt(1 - lam))
+    cy, cx = int(torch.randint(h, (1,), generator=g)), int(torch.randint(w, (1,), generator=g))
+    y0, y1 = np.clip(cy - cut_h // 2, 0, h), np.clip(cy + cut_h // 2, 0, h)
+    x0, x1 = np.clip(cx - cut_w // 2, 0, w), np.clip(cx + cut_w // 2, 0, w)
+    x = x.clone()
+    x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+    lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the area actually kept
+    return x, y[perm], lam
+
+
+def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: LabeledImages, arch: str, s: EvalSettings,
+                   seed: int, device: torch.device | str = "cpu", progress: bool = False) -> EvalResult:
+    """Train ``arch`` from scratch on ``images`` (N, C, H, W) floats in [0, 1] with ``labels`` (N,)
+    and test it on ``test``. Everything random comes from ``seed``."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "eval-model", arch))
+        model = create_model(arch, s.channels, s.num_classes, s.image_size).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    milestones = [s.epochs * 2 // 3, s.epochs * 5 // 6]
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.2)
+    g = generator(seed, "eval-train", arch)
+    x_all, y_all = _normalize(images.to(device).float(), s), labels.to(device)
+    n = len(y_all)
+    curve = []
+    model.train()
+    for epoch in tqdm(range(1, s.epochs + 1), desc=f"eval {arch}", unit="ep", disable=not progress, leave=False):
+        for idx in torch.randperm(n, generator=g).split(s.batch_size):
+            idx = idx.to(device)
+            x, y = x_all[idx], y_all[idx]
+            x = augment(x, torch.rand(len(idx), NUM_UNIFORMS, generator=g), torch.arange(len(idx)), s.augment)
+            if float(torch.rand(1, generator=g)) < s.cutmix_prob:
+                x, y_b, lam = _cutmix(x, y, g)
+                out = model(x)
+                loss = lam * F.cross_entropy(out, y) + (1 - lam) * F.cross_entropy(out, y_b)
+            else:
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        if epoch % s.test_every == 0 or epoch == s.epochs:
+            curve.append((epoch, test_accuracy(model, test, s, device)))
+    return EvalResult(arch=arch, seed=seed, accuracy=curve[-1][1], best_accuracy=max(a for _, a in curve),
+                      curve=curve, seconds=time.perf_counter() - start)
