@@ -22,18 +22,22 @@ def squared_distances(z: torch.Tensor) -> torch.Tensor:
     return d.clamp_min(0.0)
 
 
-def kernel_matrix(z: torch.Tensor, kernel: str = "gaussian", degree: int = 3, coef0: float = 1.0) -> torch.Tensor:
+def kernel_matrix(z: torch.Tensor, kernel: str = "gaussian", degree: int = 3, coef0: float = 1.0,
+                  sigma2: torch.Tensor | float | None = None) -> torch.Tensor:
     """Gram matrix of the rows of ``z`` (``(..., N, d) -> (..., N, N)``).
 
     gaussian: ``sum_s exp(-D / (s * sigma2))`` over ``GAUSSIAN_SCALES``, where ``sigma2`` is the
-    mean off-diagonal squared distance, detached (the bandwidth carries no gradient).
+    mean off-diagonal squared distance, detached (the bandwidth carries no gradient), unless a
+    fixed ``sigma2`` (scalar or shape ``(...)``) is given.
     linear: ``z z^T``. polynomial: ``(z z^T / d + coef0) ** degree``.
     """
     if kernel == "gaussian":
         dist = squared_distances(z)
-        n = z.shape[-2]
-        off_diag_sum = dist.sum((-1, -2)) - dist.diagonal(dim1=-2, dim2=-1).sum(-1)
-        sigma2 = (off_diag_sum / (n * (n - 1))).detach()[..., None, None]
+        if sigma2 is None:
+            n = z.shape[-2]
+            off_diag_sum = dist.sum((-1, -2)) - dist.diagonal(dim1=-2, dim2=-1).sum(-1)
+            sigma2 = (off_diag_sum / (n * (n - 1))).detach()
+        sigma2 = torch.as_tensor(sigma2, dtype=z.dtype, device=z.device)[..., None, None]
         return sum(torch.exp(-dist / (s * sigma2)) for s in GAUSSIAN_SCALES)
     gram = z @ z.transpose(-1, -2)
     if kernel == "linear":
@@ -51,14 +55,15 @@ def _block_mean(k: torch.Tensor, exclude_diagonal: bool) -> torch.Tensor:
     return (total - k.diagonal(dim1=-2, dim2=-1).sum(-1)) / (n * (n - 1))
 
 
-def mmd2(x: torch.Tensor, y: torch.Tensor, kernel: str = "gaussian", estimator: str = "biased") -> torch.Tensor:
+def mmd2(x: torch.Tensor, y: torch.Tensor, kernel: str = "gaussian", estimator: str = "biased",
+         sigma2: torch.Tensor | float | None = None) -> torch.Tensor:
     """MMD^2 between feature sets ``x`` (..., n, d) and ``y`` (..., m, d); returns shape ``(...)``.
 
     ``biased`` is the V-statistic of the paper and the released code (diagonals included):
     ``mean K_xx + mean K_yy - 2 mean K_xy``. ``unbiased`` is the U-statistic, which drops the
     diagonals of ``K_xx`` and ``K_yy`` (needs n, m >= 2). The Gaussian bandwidth is computed on
     the pooled set ``cat([x, y])``. ``kernel="linear"`` with the biased estimator is exactly
-    DM's loss ``||mean x - mean y||^2``.
+    DM's loss ``||mean x - mean y||^2``. ``sigma2`` fixes the Gaussian bandwidth (for tests).
     """
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; choose one of {KERNELS}")
@@ -74,6 +79,6 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, kernel: str = "gaussian", estimator: 
         diff = x.mean(-2) - y.mean(-2)
         return (diff * diff).sum(-1)
     n = x.shape[-2]
-    k = kernel_matrix(torch.cat([x, y], dim=-2), kernel)
+    k = kernel_matrix(torch.cat([x, y], dim=-2), kernel, sigma2=sigma2)
     k_xx, k_yy, k_xy = k[..., :n, :n], k[..., n:, n:], k[..., :n, n:]
     return _block_mean(k_xx, unbiased) + _block_mean(k_yy, unbiased) - 2.0 * k_xy.mean((-1, -2))

@@ -54,5 +54,7 @@ class ClassPool:
 
     def random_subset(self, c: int, n: int, seed: int) -> torch.Tensor:
         """``n`` distinct images of class ``c`` chosen from ``(seed, "subset", c)``."""
+        if self.count[c] < n:
+            raise ValueError(f"class {c} has {self.count[c]} images, {n} are needed")
         perm = torch.randperm(self.count[c], generator=generator(seed, "subset", c))
         return self._gather([perm[:n] + self.offset[c]])

@@ -1,0 +1,65 @@
+"""Random real selection vs DM (linear kernel) vs M3D (Gaussian kernel) in one harness.
+
+    python benchmarks/compare_methods.py PRESET [key=value ...] [--out FILE]
+
+Every method runs through ``pipeline.cli.run`` with the same overrides (same IPC, seed,
+evaluation protocol); one JSON line per method is appended to FILE (default
+benchmarks/results/compare_<preset>.jsonl) and a table is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+from pipeline.cli import run
+from pipeline.config import load_config
+
+METHODS = {"random": ["method=random"], "dm": ["kernel=linear"], "m3d": ["kernel=gaussian"]}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("preset")
+    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    args = ap.parse_args()
+    out = args.out or Path(__file__).parent / "results" / f"compare_{args.preset}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for method in args.methods.split(","):
+        cfg = load_config(args.preset, [*args.overrides, *METHODS[method], f"run_name=compare_{args.preset}_{method}"])
+        start = time.perf_counter()
+        summary = run(cfg, progress=False)
+        e = summary.get("eval", {})
+        row = {"preset": args.preset, "method": method, "ipc": cfg.ipc, "factor": summary["factor"],
+               "iterations": summary["iterations"], "batch_real": cfg.batch_real, "eval_epochs": cfg.eval.epochs,
+               "eval_runs": e.get("runs"), "accuracy_mean": e.get("accuracy_mean"), "accuracy_std": e.get("accuracy_std"),
+               "best_epoch_accuracy_mean": e.get("best_epoch_accuracy_mean"),
+               "condense_seconds": summary["condense_seconds"], "total_seconds": time.perf_counter() - start,
+               "overrides": args.overrides, "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
+               "commit": git_commit()}
+        rows.append(row)
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+    print(f"\n| method | IPC | iterations | accuracy (last epoch, %) | condense s |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        acc = f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}" if r["accuracy_mean"] is not None else "-"
+        print(f"| {r['method']} | {r['ipc']} | {r['iterations']} | {acc} | {r['condense_seconds']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

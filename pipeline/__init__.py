@@ -1,0 +1,1 @@
+"""Everything that runs: config, data, the condensation engine, evaluation, outputs, the CLI."""

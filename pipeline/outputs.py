@@ -1,0 +1,100 @@
+"""Everything a run writes: synthetic.pt, summary.json, config.yaml, grid.png, curves.png.
+
+Files are written to a temporary name and renamed, so a crash never leaves a half-written
+file under the final name.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs on clusters and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+
+def _atomic(path: Path, write) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def save_synthetic(path: Path, images: torch.Tensor, labels: torch.Tensor, factor: int,
+                   class_names: list[str]) -> Path:
+    """Stored images (N, C, H, W) float32 in [0, 1] and labels (N,); ``decode(images, factor)``
+    gives the training set. Loads with ``torch.load(path, weights_only=True)``."""
+    payload = {"images": images.detach().float().cpu().contiguous(), "labels": labels.cpu().long(),
+               "factor": int(factor), "class_names": list(class_names)}
+    return _atomic(Path(path), lambda p: torch.save(payload, p))
+
+
+def load_synthetic(path: Path) -> dict[str, Any]:
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return _atomic(Path(path), lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def write_config(path: Path, cfg: DictConfig) -> Path:
+    return _atomic(Path(path), lambda p: p.write_text(OmegaConf.to_yaml(cfg)))
+
+
+def _save_figure(fig, path: Path) -> Path:
+    out = _atomic(Path(path), lambda p: fig.savefig(p, dpi=100, bbox_inches="tight", format="png"))
+    plt.close(fig)
+    return out
+
+
+def plot_grid(path: Path, images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+              max_per_class: int = 20, max_classes: int = 100) -> Path:
+    """One row per class of decoded images (N, C, H, W) in [0, 1]; at most ``max_per_class``
+    columns and ``max_classes`` rows."""
+    classes = sorted(set(labels.tolist()))[:max_classes]
+    rows = [images[labels == c][:max_per_class] for c in classes]
+    cols = max(len(r) for r in rows)
+    _, ch, h, w = images.shape
+    canvas = np.ones((len(rows) * (h + 1), cols * (w + 1), 3), dtype=np.float32)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            pix = img.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+            canvas[i * (h + 1):i * (h + 1) + h, j * (w + 1):j * (w + 1) + w] = pix if ch == 3 else pix[..., :1]
+    scale = max(1.0, 48.0 / h)
+    fig, ax = plt.subplots(figsize=(max(3, cols * w * scale / 100 + 1.5), max(2, len(rows) * h * scale / 100 + 0.5)))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_yticks([i * (h + 1) + h / 2 for i in range(len(rows))], [class_names[c] for c in classes], fontsize=7)
+    ax.set_xticks([])
+    ax.set_title(f"synthetic set: {cols} decoded images per class", fontsize=9)
+    return _save_figure(fig, path)
+
+
+def plot_curves(path: Path, loss_history: list[tuple[int, list[float]]],
+                eval_curves: dict[str, list[list[tuple[int, float]]]]) -> Path:
+    """Left: mean per-class MMD^2 over iterations. Right: test accuracy over epochs, one line
+    per evaluation run, per architecture."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
+    if loss_history:
+        t = [h[0] for h in loss_history]
+        ax_loss.plot(t, [float(np.mean(h[1])) for h in loss_history], lw=1)
+        ax_loss.set_yscale("log")
+    else:
+        ax_loss.text(0.5, 0.5, "no condensation (baseline)", ha="center", va="center", transform=ax_loss.transAxes)
+    ax_loss.set(xlabel="iteration", ylabel="mean class MMD$^2$", title="condensation loss")
+    for arch, runs in eval_curves.items():
+        for i, curve in enumerate(runs):
+            ax_acc.plot([e for e, _ in curve], [100 * a for _, a in curve], lw=1, marker="o", ms=3,
+                        label=f"{arch} run {i}")
+    if eval_curves:
+        ax_acc.legend(fontsize=7)
+    else:
+        ax_acc.text(0.5, 0.5, "evaluation skipped", ha="center", va="center", transform=ax_acc.transAxes)
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="evaluation")
+    fig.tight_layout()
+    return _save_figure(fig, path)
