@@ -113,7 +113,7 @@ class Condenser:
         rows = lambda v: v.repeat_interleave(s.ipc).to(self.device, torch.float32).view(shape)  # noqa: E731
         mu = s.momentum
         self._pre_shift = rows(torch.tensor([s.lr * drift(mu, int(k)) for k in before], dtype=torch.float64))
-        self._pre_decay = rows(mu**before)
+        self._grad_decay = rows(mu ** (before + 1))  # k drifts, then the gradient step's own mu
         self._post_shift = rows(torch.tensor([s.lr * drift(mu, int(k)) for k in after], dtype=torch.float64))
         self._post_decay = rows(mu**after)
 
@@ -165,7 +165,7 @@ class Condenser:
             losses = self.class_losses(at, t)
             (grad,) = torch.autograd.grad(losses.sum(), at)
             with torch.no_grad():
-                buf = self._pre_decay * self.momentum + grad
+                buf = self._grad_decay * self.momentum + grad
                 images = at.detach() - s.lr * buf - self._post_shift * buf
                 self.momentum = self._post_decay * buf
         elif s.update_mode == "batched":

@@ -1,0 +1,41 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.datasets import LabeledImages
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def synthetic_classes(num_classes=4, per_class=40, size=12, channels=1, seed=0) -> LabeledImages:
+    """Small real uint8 images whose classes differ (each class a different blob position)."""
+    g = torch.Generator().manual_seed(seed)
+    images, labels = [], []
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for c in range(num_classes):
+        cy, cx = size * (0.25 + 0.5 * (c % 2)), size * (0.25 + 0.5 * (c // 2 % 2))
+        blob = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 6) ** 2))
+        noise = torch.rand(per_class, channels, size, size, generator=g) * 0.4
+        img = (blob * 0.6 + noise + 0.1 * (c // 4)).clamp(0, 1)
+        images.append((img * 255).round().to(torch.uint8))
+        labels.append(torch.full((per_class,), c))
+    return LabeledImages(torch.cat(images), torch.cat(labels), [f"class{c}" for c in range(num_classes)])
+
+
+def write_npz(folder: Path, split: str, data: LabeledImages) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{split}.npz"
+    np.savez_compressed(path, x=data.images.permute(0, 2, 3, 1).numpy(), y=data.labels.numpy(),
+                        class_names=np.array(data.class_names))
+    return path
+
+
+@pytest.fixture
+def tiny_data() -> LabeledImages:
+    return synthetic_classes()
