@@ -27,8 +27,6 @@ class ReferenceLoop:
         init = torch.cat([mix_init(pool.first(c, per_class), s.factor) for c in self.classes]).to(self.device)
         self.images = init.requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=s.lr, momentum=s.momentum)
-        self.mean = torch.tensor(s.mean, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(s.std, device=self.device).view(1, -1, 1, 1)
         self.iteration = 0
 
     def step(self) -> torch.Tensor:
@@ -39,7 +37,7 @@ class ReferenceLoop:
         for pos, c in enumerate(self.classes):
             real = self.pool.sample([c], s.batch_real, s.seed, t).to(self.device)
             syn = decode(self.images[pos * s.ipc:(pos + 1) * s.ipc], s.factor)
-            x = (torch.cat([real, syn]) - self.mean) / self.std
+            x = s.data.normalize(torch.cat([real, syn]))
             x = augment(x, u[[c]], torch.zeros(len(x), dtype=torch.long), s.augment)
             f = encoder.embed(x)
             loss = mmd2(f[len(real):], f[:len(real)], s.kernel, s.estimator)

@@ -33,16 +33,13 @@ from omegaconf import DictConfig
 from kernels import mmd2
 from models import NUM_UNIFORMS, AugmentSpec, augment, create_model, decode, mix_init
 from pipeline.class_pool import ClassPool
+from pipeline.datasets import DataSpec
 from pipeline.seeding import derive_seed, generator
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    num_classes: int
-    channels: int
-    image_size: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    data: DataSpec
     ipc: int = 10
     factor: int = 2
     ipm: int = 5
@@ -59,9 +56,7 @@ class EngineSettings:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "EngineSettings":
-        d = cfg.data
-        return cls(num_classes=d.num_classes, channels=d.channels, image_size=tuple(d.image_size),
-                   mean=tuple(d.mean), std=tuple(d.std), ipc=cfg.ipc, factor=cfg.factor, ipm=cfg.ipm,
+        return cls(data=DataSpec.from_config(cfg.data), ipc=cfg.ipc, factor=cfg.factor, ipm=cfg.ipm,
                    kernel=cfg.kernel, estimator=cfg.estimator, lr=cfg.lr, momentum=cfg.momentum,
                    batch_real=cfg.batch_real, update_mode=cfg.update_mode, seed=cfg.seed, encoder=cfg.encoder.arch,
                    encoder_width=cfg.encoder.width, augment=augment_spec(cfg.augment))
@@ -76,13 +71,13 @@ def build_encoder(s: EngineSettings, index: int) -> torch.nn.Module:
     that every worker and every device gets the same weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(s.seed, "encoder", index))
-        net = create_model(s.encoder, s.channels, s.num_classes, s.image_size, s.encoder_width)
+        net = create_model(s.encoder, s.data.channels, s.data.num_classes, s.data.image_size, s.encoder_width)
     return net.train()
 
 
 def augment_uniforms(s: EngineSettings, iteration: int) -> torch.Tensor:
     """(num_classes, NUM_UNIFORMS): row c drives class c's siamese augmentation at ``iteration``."""
-    return torch.rand(s.num_classes, NUM_UNIFORMS, generator=generator(s.seed, "augment", iteration))
+    return torch.rand(s.data.num_classes, NUM_UNIFORMS, generator=generator(s.seed, "augment", iteration))
 
 
 def drift(mu: float, n: int) -> float:
@@ -104,12 +99,10 @@ class Condenser:
         self.iteration = 0
         self._encoder_index, self._encoder = None, None
         shape = (-1, 1, 1, 1)
-        self._mean = torch.tensor(s.mean, device=self.device).view(1, -1, 1, 1)
-        self._std = torch.tensor(s.std, device=self.device).view(1, -1, 1, 1)
         # Per-row constants of the reference replay: class at global position k drifts k steps
         # before its gradient step and C - 1 - k after it.
         before = torch.tensor([c for c in self.classes], dtype=torch.float64)
-        after = s.num_classes - 1 - before
+        after = s.data.num_classes - 1 - before
         rows = lambda v: v.repeat_interleave(s.ipc).to(self.device, torch.float32).view(shape)  # noqa: E731
         mu = s.momentum
         self._pre_shift = rows(torch.tensor([s.lr * drift(mu, int(k)) for k in before], dtype=torch.float64))
@@ -129,9 +122,6 @@ class Condenser:
             self._encoder = build_encoder(self.s, index).requires_grad_(False).to(self.device)
         return self._encoder
 
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self._mean) / self._std
-
     def class_losses(self, images: torch.Tensor, iteration: int) -> torch.Tensor:
         """MMD^2 per class, (len(classes),), between the real batch of ``iteration`` and
         ``images`` (this worker's stored synthetic images). All classes share one batched forward
@@ -149,8 +139,8 @@ class Condenser:
         # Real images need no gradient: a separate no-grad forward saves the backward through
         # them and their activations. Per-image norm and per-group augmentation make the split exact.
         with torch.no_grad():
-            f_real = encoder.embed(augment(self._normalize(real), u, groups_real, s.augment))
-        f_syn = encoder.embed(augment(self._normalize(syn), u, groups_syn, s.augment))
+            f_real = encoder.embed(augment(s.data.normalize(real), u, groups_real, s.augment))
+        f_syn = encoder.embed(augment(s.data.normalize(syn), u, groups_syn, s.augment))
         f_syn = f_syn.view(len(self.classes), n_syn, -1)
         if len(set(sizes_real)) == 1:
             return mmd2(f_syn, f_real.view(len(self.classes), sizes_real[0], -1), s.kernel, s.estimator)
@@ -201,7 +191,7 @@ def condense(condenser: Condenser, iterations: int, log_every: int = 1,
 
     history = []
     bar = tqdm(total=iterations, initial=condenser.iteration, desc="condense", unit="it", disable=not progress,
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=1.0)
     with bar:
         while condenser.iteration < iterations:
             t = condenser.iteration

@@ -17,17 +17,13 @@ from omegaconf import DictConfig
 from torch.nn import functional as F
 
 from models import NUM_UNIFORMS, AugmentSpec, augment, create_model
-from pipeline.datasets import LabeledImages
+from pipeline.datasets import DataSpec, LabeledImages
 from pipeline.seeding import derive_seed, generator
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    num_classes: int
-    channels: int
-    image_size: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    data: DataSpec
     epochs: int = 1000
     lr: float = 0.01
     momentum: float = 0.9
@@ -39,10 +35,9 @@ class EvalSettings:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "EvalSettings":
-        d, e = cfg.data, cfg.eval
+        e = cfg.eval
         spec = AugmentSpec(color=e.augment.color, geometric=tuple(e.augment.geometric), cutout=e.augment.cutout)
-        return cls(num_classes=d.num_classes, channels=d.channels, image_size=tuple(d.image_size),
-                   mean=tuple(d.mean), std=tuple(d.std), epochs=e.epochs, lr=e.lr, momentum=e.momentum,
+        return cls(data=DataSpec.from_config(cfg.data), epochs=e.epochs, lr=e.lr, momentum=e.momentum,
                    weight_decay=e.weight_decay, batch_size=e.batch_size, cutmix_prob=e.cutmix_prob,
                    test_every=e.test_every, augment=spec)
 
@@ -57,12 +52,6 @@ class EvalResult:
     seconds: float
 
 
-def _normalize(x: torch.Tensor, s: EvalSettings) -> torch.Tensor:
-    mean = torch.tensor(s.mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(s.std, device=x.device).view(1, -1, 1, 1)
-    return (x - mean) / std
-
-
 @torch.no_grad()
 def test_accuracy(model: torch.nn.Module, test: LabeledImages, s: EvalSettings, device: torch.device,
                   chunk: int = 1000) -> float:
@@ -70,7 +59,7 @@ def test_accuracy(model: torch.nn.Module, test: LabeledImages, s: EvalSettings, 
     model.eval()
     correct = 0
     for i in range(0, len(test.labels), chunk):
-        x = _normalize(test.images[i:i + chunk].to(device).float().div_(255.0), s)
+        x = s.data.normalize(test.images[i:i + chunk].to(device).float().div_(255.0))
         correct += int((model(x).argmax(1).cpu() == test.labels[i:i + chunk]).sum())
     model.train()
     return correct / len(test.labels)
@@ -101,12 +90,12 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: LabeledImag
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "eval-model", arch))
-        model = create_model(arch, s.channels, s.num_classes, s.image_size).to(device)
+        model = create_model(arch, s.data.channels, s.data.num_classes, s.data.image_size).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     milestones = [s.epochs * 2 // 3, s.epochs * 5 // 6]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.2)
     g = generator(seed, "eval-train", arch)
-    x_all, y_all = _normalize(images.to(device).float(), s), labels.to(device)
+    x_all, y_all = s.data.normalize(images.to(device).float()), labels.to(device)
     n = len(y_all)
     curve = []
     model.train()

@@ -7,13 +7,15 @@ import torch
 from benchmarks.reference_loop import ReferenceLoop
 from kernels import mmd2
 from pipeline.class_pool import ClassPool
+from pipeline.datasets import DataSpec
 from pipeline.engine import Condenser, EngineSettings, build_encoder, condense
 
 from conftest import synthetic_classes
 
 
 def settings(**kw) -> EngineSettings:
-    base = dict(num_classes=4, channels=1, image_size=(12, 12), mean=(0.4,), std=(0.25,), ipc=2, factor=2, ipm=2,
+    spec = DataSpec(num_classes=4, channels=1, image_size=(12, 12), mean=(0.4,), std=(0.25,))
+    base = dict(data=spec, ipc=2, factor=2, ipm=2,
                 batch_real=16, encoder_width=16, seed=3)
     base.update(kw)
     return EngineSettings(**base)

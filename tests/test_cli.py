@@ -1,0 +1,142 @@
+"""The one entry point, end to end: python pipeline/run.py PRESET [overrides]."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.config import ConfigError, list_presets, load_config
+
+from conftest import REPO, SHARED_DATA, synthetic_classes, write_npz
+
+RUN = REPO / "pipeline" / "run.py"
+FAST = ["iterations=6", "eval.runs=1", "eval.epochs=2", "eval.test_every=1", "log_every=2"]
+
+
+def run_cli(*args, cwd=None, script=RUN):
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=600)
+
+
+def test_digits_run_writes_every_output(tmp_path):
+    proc = run_cli("digits", f"out_dir={tmp_path}", "run_name=demo", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "demo"
+    assert {p.name for p in run_dir.iterdir()} >= {"synthetic.pt", "summary.json", "grid.png", "curves.png",
+                                                     "config.yaml"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("preset", "ipc", "factor", "kernel", "iterations", "condense_seconds", "eval"):
+        assert key in summary
+    assert summary["preset"] == "digits" and summary["iterations"] == 6
+    ev = summary["eval"]
+    assert ev["arch"] == "convnet3" and ev["epochs"] == 2 and len(ev["runs"]) == 1
+    assert all(0.0 <= a <= 1.0 for a in ev["runs"]) and 0.0 <= ev["accuracy_mean"] <= 1.0
+    syn = torch.load(run_dir / "synthetic.pt", weights_only=True)
+    cfg = load_config("digits")
+    assert syn["images"].shape == (10 * cfg.ipc, 1, 16, 16) and syn["labels"].tolist() == sorted(syn["labels"].tolist())
+    assert syn["images"].min() >= 0 and syn["images"].max() <= 1 and syn["factor"] == cfg.factor
+    with Image.open(run_dir / "grid.png") as im:
+        assert im.format == "PNG" and im.height > 10 * 16
+    assert "ipc: 1" in (run_dir / "config.yaml").read_text()
+
+
+def test_run_script_works_when_copied_elsewhere_like_ray_submit(tmp_path):
+    script = tmp_path / "home" / "run.py"
+    script.parent.mkdir()
+    shutil.copy(RUN, script)
+    proc = run_cli("digits", f"out_dir={tmp_path / 'out'}", "run_name=x", "eval.runs=0", "iterations=2",
+                   cwd=tmp_path, script=script)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "x" / "synthetic.pt").exists()
+
+
+def test_eval_runs_zero_skips_evaluation(tmp_path):
+    assert main(["digits", f"out_dir={tmp_path}", "run_name=r", "iterations=2", "eval.runs=0"]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert "eval" not in summary and summary["iterations"] == 2
+
+
+def test_unknown_preset_lists_the_valid_presets():
+    proc = run_cli("imagenet7")
+    assert proc.returncode == 2
+    assert "unknown preset 'imagenet7'" in proc.stderr
+    for name in ("digits", "mnist", "cifar10", "imagenet100"):
+        assert name in proc.stderr
+
+
+def test_unknown_key_lists_the_valid_keys(capsys):
+    assert main(["digits", "ipcc=3"]) == 2
+    err = capsys.readouterr().err
+    assert "ipcc" in err and "valid keys:" in err and "batch_real" in err and "eval.epochs" in err
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("kernel=rbf", "gaussian, linear, polynomial"),
+    ("update_mode=fast", "reference, batched"),
+    ("device=tpu", "auto, cpu, cuda"),
+    ("eval.archs=[vgg]", "convnet3"),
+    ("ipc=0", "ipc=0 must be >= 1"),
+])
+def test_invalid_values_name_the_key_and_the_choices(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[")):
+        load_config("digits", [override])
+
+
+def test_every_dataset_of_the_design_has_a_preset_with_paper_hyperparameters():
+    assert set(list_presets()) >= {"digits", "mnist", "fashion_mnist", "svhn", "cifar10", "cifar100", "tinyimagenet",
+                                   "imagenet10", "imagenet100", "imagenet1k"}
+    for low_res in ("mnist", "fashion_mnist", "svhn", "cifar10", "cifar100"):
+        cfg = load_config(low_res)
+        assert (cfg.iterations, cfg.factor, cfg.lr, cfg.ipm, cfg.batch_real) == (10000, 2, 1.0, 5, 128)
+        assert cfg.encoder.arch == "convnet3" and cfg.eval.epochs == 1000
+    for subset, classes in (("imagenet10", 10), ("imagenet100", 100), ("imagenet1k", 1000)):
+        cfg = load_config(subset)
+        assert (cfg.iterations, cfg.factor, cfg.lr, cfg.batch_real, cfg.data.num_classes) == (1000, 3, 0.1, 64, classes)
+        assert cfg.encoder.arch == "resnetap10" and list(cfg.data.image_size) == [224, 224]
+    assert "flip" not in load_config("mnist").augment.geometric and "flip" not in load_config("svhn").augment.geometric
+
+
+def test_overrides_of_the_issue_are_accepted():
+    cfg = load_config("digits", ["ipc=3", "factor=1", "iterations=7", "ipm=2", "kernel=linear", "lr=0.5",
+                                 "batch_real=8", "seed=5", "out_dir=/tmp/x", "eval.runs=2", "eval.epochs=3",
+                                 "eval.archs=[convnet3,resnet10]", "device=cpu"])
+    assert (cfg.ipc, cfg.factor, cfg.iterations, cfg.ipm, cfg.kernel, cfg.lr, cfg.batch_real, cfg.seed) == \
+        (3, 1, 7, 2, "linear", 0.5, 8, 5)
+    assert cfg.run_name == "digits_m3d_linear_ipc3_s5" and list(cfg.eval.archs) == ["convnet3", "resnet10"]
+
+
+def test_cifar10_preset_runs_from_npz_files(tmp_path):
+    root = tmp_path / "cifar10"
+    write_npz(root, "train", synthetic_classes(num_classes=10, per_class=12, size=32, channels=3))
+    write_npz(root, "test", synthetic_classes(num_classes=10, per_class=3, size=32, channels=3, seed=1))
+    args = ["cifar10", f"data.root={root}", f"out_dir={tmp_path}", "run_name=c", "ipc=1", "batch_real=8",
+            "encoder.width=16", *FAST]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert summary["preset"] == "cifar10" and len(summary["eval"]["runs"]) == 1
+
+
+def test_missing_or_mismatched_npz_gives_an_error_naming_the_file(tmp_path, capsys):
+    assert main(["cifar10", f"data.root={tmp_path}", f"out_dir={tmp_path}"]) == 2
+    assert f"{tmp_path}/train.npz" in capsys.readouterr().err
+    write_npz(tmp_path, "train", synthetic_classes(num_classes=10, per_class=4, size=32, channels=1))
+    assert main(["cifar10", f"data.root={tmp_path}", f"out_dir={tmp_path}"]) == 2
+    assert "1 channels, data.channels=3" in capsys.readouterr().err
+    assert main(["cifar10", f"out_dir={tmp_path}"]) == 2
+    assert "data.root is not set" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist" / "train.npz").exists(), reason="../shared/data not present")
+def test_mnist_preset_runs_on_the_shared_npz(tmp_path):
+    args = ["mnist", f"data.root={SHARED_DATA / 'mnist'}", f"out_dir={tmp_path}", "run_name=m", "ipc=1",
+            "batch_real=16", "encoder.width=16", "iterations=3", "eval.runs=0"]
+    assert main(args) == 0
+    syn = torch.load(tmp_path / "m" / "synthetic.pt", weights_only=True)
+    assert syn["images"].shape == (10, 1, 28, 28) and syn["class_names"][0] == "0"
