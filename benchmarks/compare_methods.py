@@ -1,6 +1,6 @@
 """Random real selection vs DM (linear kernel) vs M3D (Gaussian kernel) in one harness.
 
-    python benchmarks/compare_methods.py PRESET [key=value ...] [--out FILE]
+    python -m benchmarks.compare_methods PRESET [key=value ...] [--out FILE]
 
 Every method runs through ``pipeline.cli.run`` with the same overrides (same IPC, seed,
 evaluation protocol); one JSON line per method is appended to FILE (default
