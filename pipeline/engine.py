@@ -98,17 +98,18 @@ class Condenser:
         self.momentum = torch.zeros_like(self.images)
         self.iteration = 0
         self._encoder_index, self._encoder = None, None
-        shape = (-1, 1, 1, 1)
-        # Per-row constants of the reference replay: class at global position k drifts k steps
-        # before its gradient step and C - 1 - k after it.
-        before = torch.tensor([c for c in self.classes], dtype=torch.float64)
-        after = s.data.num_classes - 1 - before
-        rows = lambda v: v.repeat_interleave(s.ipc).to(self.device, torch.float32).view(shape)  # noqa: E731
-        mu = s.momentum
-        self._pre_shift = rows(torch.tensor([s.lr * drift(mu, int(k)) for k in before], dtype=torch.float64))
-        self._grad_decay = rows(mu ** (before + 1))  # k drifts, then the gradient step's own mu
-        self._post_shift = rows(torch.tensor([s.lr * drift(mu, int(k)) for k in after], dtype=torch.float64))
-        self._post_decay = rows(mu**after)
+        # Per-row constants of the reference replay: class c (position c in the released loop's
+        # class order) drifts c steps before its gradient step and C - 1 - c after it.
+        mu, lr, last = s.momentum, s.lr, s.data.num_classes - 1
+        self._pre_shift = self._per_row([lr * drift(mu, c) for c in self.classes])
+        self._grad_decay = self._per_row([mu ** (c + 1) for c in self.classes])  # c drifts, then the step's own mu
+        self._post_shift = self._per_row([lr * drift(mu, last - c) for c in self.classes])
+        self._post_decay = self._per_row([mu ** (last - c) for c in self.classes])
+
+    def _per_row(self, per_class: list[float]) -> torch.Tensor:
+        """One value per class -> (rows, 1, 1, 1), broadcastable over the stored images."""
+        values = torch.tensor(per_class, dtype=torch.float32).repeat_interleave(self.s.ipc)
+        return values.to(self.device).view(-1, 1, 1, 1)
 
     @property
     def labels(self) -> torch.Tensor:
