@@ -54,7 +54,7 @@ def main() -> None:
         rows.append(row)
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
-    print(f"\n| method | IPC | iterations | accuracy (last epoch, %) | condense s |")
+    print("\n| method | IPC | iterations | accuracy (last epoch, %) | condense s |")
     print("|---|---|---|---|---|")
     for r in rows:
         acc = f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}" if r["accuracy_mean"] is not None else "-"

@@ -75,7 +75,8 @@ def run(cfg: DictConfig, progress: bool = True) -> dict:
     outputs.plot_grid(run_dir / "grid.png", images, labels, train.class_names)
 
     summary = {"preset": cfg.preset, "method": cfg.method, "ipc": cfg.ipc, "factor": factor, "kernel": cfg.kernel,
-               "update_mode": cfg.update_mode, "iterations": cfg.iterations if cfg.method == "m3d" else 0,
+               "estimator": cfg.estimator, "update_mode": cfg.update_mode,
+               "iterations": cfg.iterations if cfg.method == "m3d" else 0,
                "seed": cfg.seed, "device": str(device), "condense_seconds": condense_seconds,
                "final_loss": float(torch.tensor(history[-1][1]).mean()) if history else None,
                "loss_curve": [[t, sum(v) / len(v)] for t, v in history]}

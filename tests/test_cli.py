@@ -4,16 +4,14 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, SHARED_DATA, synthetic_classes, write_npz
 from PIL import Image
 
 from pipeline.cli import main
 from pipeline.config import ConfigError, list_presets, load_config
-
-from conftest import REPO, SHARED_DATA, synthetic_classes, write_npz
 
 RUN = REPO / "pipeline" / "run.py"
 FAST = ["iterations=6", "eval.runs=1", "eval.epochs=2", "eval.test_every=1", "log_every=2"]

@@ -3,14 +3,13 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import synthetic_classes
 
 from benchmarks.reference_loop import ReferenceLoop
 from kernels import mmd2
 from pipeline.class_pool import ClassPool
 from pipeline.datasets import DataSpec
 from pipeline.engine import Condenser, EngineSettings, build_encoder, condense
-
-from conftest import synthetic_classes
 
 
 def settings(**kw) -> EngineSettings:

@@ -91,7 +91,7 @@ def test_augmentation_is_differentiable_wrt_pixels_gradcheck():
     u = _uniforms(1, seed=3).double()
     for op in ("crop", "scale", "rotate", "flip"):
         spec = AugmentSpec(geometric=(op,), cutout=True)
-        assert torch.autograd.gradcheck(lambda a: augment(a, u, torch.tensor([0, 0]), spec), (x,))
+        assert torch.autograd.gradcheck(lambda a, spec=spec: augment(a, u, torch.tensor([0, 0]), spec), (x,))
 
 
 def test_decode_cuts_row_major_crops_and_upsamples():
