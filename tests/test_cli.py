@@ -138,3 +138,10 @@ def test_mnist_preset_runs_on_the_shared_npz(tmp_path):
     assert main(args) == 0
     syn = torch.load(tmp_path / "m" / "synthetic.pt", weights_only=True)
     assert syn["images"].shape == (10, 1, 28, 28) and syn["class_names"][0] == "0"
+
+
+def test_no_arguments_prints_usage_with_the_presets(capsys):
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert "usage: python pipeline/run.py PRESET" in out and "fashion_mnist" in out
+    assert main(["--help"]) == 0
