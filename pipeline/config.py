@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kernels import ESTIMATORS, KERNELS
 from models import list_models
-from models.augment import GEOMETRIC_OPS
+from models.augment import GEOMETRIC_OPS, AugmentSpec
 
 BASE = "base"
 CHOICES = {
@@ -81,3 +81,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("data.mean", "data.std"):
         if len(OmegaConf.select(cfg, key)) != cfg.data.channels:
             raise ConfigError(f"{key} has {len(OmegaConf.select(cfg, key))} values, data.channels={cfg.data.channels}")
+
+
+def augment_spec(aug_cfg: DictConfig) -> AugmentSpec:
+    """An ``augment`` (or ``eval.augment``) config section as the AugmentSpec models/ takes."""
+    return AugmentSpec(color=aug_cfg.color, geometric=tuple(aug_cfg.geometric), cutout=aug_cfg.cutout)

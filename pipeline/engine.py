@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 from kernels import mmd2
 from models import NUM_UNIFORMS, AugmentSpec, augment, create_model, decode, mix_init
 from pipeline.class_pool import ClassPool
+from pipeline.config import augment_spec
 from pipeline.datasets import DataSpec
 from pipeline.seeding import derive_seed, generator
 
@@ -60,10 +61,6 @@ class EngineSettings:
                    kernel=cfg.kernel, estimator=cfg.estimator, lr=cfg.lr, momentum=cfg.momentum,
                    batch_real=cfg.batch_real, update_mode=cfg.update_mode, seed=cfg.seed, encoder=cfg.encoder.arch,
                    encoder_width=cfg.encoder.width, augment=augment_spec(cfg.augment))
-
-
-def augment_spec(aug_cfg: DictConfig) -> AugmentSpec:
-    return AugmentSpec(color=aug_cfg.color, geometric=tuple(aug_cfg.geometric), cutout=aug_cfg.cutout)
 
 
 def build_encoder(s: EngineSettings, index: int) -> torch.nn.Module:

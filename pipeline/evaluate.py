@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from torch.nn import functional as F
 
 from models import NUM_UNIFORMS, AugmentSpec, augment, create_model
+from pipeline.config import augment_spec
 from pipeline.datasets import DataSpec, LabeledImages
 from pipeline.seeding import derive_seed, generator
 
@@ -36,10 +37,9 @@ class EvalSettings:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "EvalSettings":
         e = cfg.eval
-        spec = AugmentSpec(color=e.augment.color, geometric=tuple(e.augment.geometric), cutout=e.augment.cutout)
         return cls(data=DataSpec.from_config(cfg.data), epochs=e.epochs, lr=e.lr, momentum=e.momentum,
                    weight_decay=e.weight_decay, batch_size=e.batch_size, cutmix_prob=e.cutmix_prob,
-                   test_every=e.test_every, augment=spec)
+                   test_every=e.test_every, augment=augment_spec(e.augment))
 
 
 @dataclass
