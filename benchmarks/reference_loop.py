@@ -15,7 +15,7 @@ import torch
 
 from kernels import mmd2
 from models import augment, decode, mix_init
-from pipeline.class_pool import ClassPool
+from pipeline.data import ClassPool
 from pipeline.engine import EngineSettings, augment_uniforms, build_encoder
 
 

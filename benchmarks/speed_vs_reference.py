@@ -17,8 +17,8 @@ import time
 import torch
 
 from benchmarks.reference_loop import ReferenceLoop
-from pipeline.class_pool import ClassPool
-from pipeline.datasets import DataSpec, LabeledImages
+from pipeline.data import ClassPool
+from pipeline.data import DataSpec, LabeledImages
 from pipeline.engine import Condenser, EngineSettings
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     spec = DataSpec(args.classes, args.channels, (args.size, args.size), (0.5,) * args.channels, (0.25,) * args.channels)
     s = EngineSettings(data=spec, ipc=args.ipc, factor=args.factor, batch_real=args.batch_real, encoder=args.encoder)
     classes = list(range(args.classes))
-    pool = ClassPool(data, classes, device)
+    pool = ClassPool.from_labeled(data, classes, device)
     ours = time_steps(Condenser(s, pool, classes, device), args.iterations, device)
     ref = time_steps(ReferenceLoop(s, pool, classes, device), args.iterations, device)
     shape = f"{args.classes} classes x {args.channels}x{args.size}x{args.size}, ipc {args.ipc}, factor {args.factor}, " \

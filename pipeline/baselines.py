@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from pipeline.class_pool import ClassPool
+from pipeline.data import ClassPool
 
 
 def random_real(pool: ClassPool, classes: Sequence[int], ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,9 +12,9 @@ from omegaconf import DictConfig
 from models import decode
 from pipeline import outputs
 from pipeline.baselines import random_real
-from pipeline.class_pool import ClassPool
-from pipeline.config import ConfigError, list_presets, load_config
-from pipeline.datasets import load_split
+from pipeline.config import ConfigError, list_presets, load_config, validate
+from pipeline.data import ManifestError, ShardError, StorageError, load_split, open_class_pool
+from pipeline.data.loading import resolve_dataset
 from pipeline.engine import Condenser, EngineSettings, condense
 from pipeline.evaluate import EvalSettings, train_and_test
 from pipeline.seeding import derive_seed
@@ -50,15 +50,17 @@ def summarize_eval(arch: str, epochs: int, results) -> dict:
 def run(cfg: DictConfig, progress: bool = True) -> dict:
     """Execute one configured run; returns the summary that is also written to summary.json."""
     device = resolve_device(cfg.device)
+    resolve_dataset(cfg)  # a prepared dataset's manifest fills or checks the data.* keys
+    validate(cfg)
     run_dir = Path(cfg.out_dir) / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     outputs.write_config(run_dir / "config.yaml", cfg)
     log(f"{cfg.preset}: method={cfg.method} kernel={cfg.kernel} ipc={cfg.ipc} factor={cfg.factor} "
         f"device={device} -> {run_dir}")
 
-    train = load_split(cfg.data, "train")
     classes = list(range(cfg.data.num_classes))
-    pool = ClassPool(train, classes, device)
+    pool = open_class_pool(cfg.data, classes, device, log=log)
+    names = pool.class_names
     start = time.perf_counter()
     history: list = []
     if cfg.method == "m3d":
@@ -70,9 +72,9 @@ def run(cfg: DictConfig, progress: bool = True) -> dict:
         factor = 1
     condense_seconds = time.perf_counter() - start
     del pool
-    outputs.save_synthetic(run_dir / "synthetic.pt", stored, labels, factor, train.class_names)
+    outputs.save_synthetic(run_dir / "synthetic.pt", stored, labels, factor, names)
     images, labels = decode(stored, factor), labels.repeat_interleave(factor * factor)
-    outputs.plot_grid(run_dir / "grid.png", images, labels, train.class_names)
+    outputs.plot_grid(run_dir / "grid.png", images, labels, names)
 
     summary = {"preset": cfg.preset, "method": cfg.method, "ipc": cfg.ipc, "factor": factor, "kernel": cfg.kernel,
                "estimator": cfg.estimator, "update_mode": cfg.update_mode,
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(argv[0], argv[1:])
         run(cfg)
-    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
+    except (ConfigError, ManifestError, ShardError, StorageError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -23,7 +23,11 @@ CHOICES = {
     "estimator": ESTIMATORS,
     "update_mode": ("reference", "batched"),
     "init": ("mix",),
+    "data.source": ("auto", "shards", "npz", "digits"),
+    "data.cache": ("auto", "device", "host", "stream"),
 }
+# Keys a preset may leave null for the manifest of a prepared dataset to fill (preset custom).
+FROM_MANIFEST = ("data.num_classes", "data.channels", "data.image_size", "data.mean", "data.std")
 
 
 class ConfigError(ValueError):
@@ -62,11 +66,14 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Dic
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the key for any value outside its valid set or range."""
     for key, allowed in CHOICES.items():
-        if cfg[key] not in allowed:
-            raise ConfigError(f"{key}={cfg[key]!r} is not valid; choose one of: {', '.join(allowed)}")
+        if OmegaConf.select(cfg, key) not in allowed:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r} is not valid; choose one of: {', '.join(allowed)}")
+    for key in FROM_MANIFEST:
+        if OmegaConf.select(cfg, key) is None and cfg.data.source in ("npz", "digits"):
+            raise ConfigError(f"{key} is null: only a prepared dataset (data.source=shards) can fill it in")
     for key in ("ipc", "factor", "iterations", "ipm", "batch_real", "log_every", "data.channels", "data.num_classes",
                 "eval.epochs", "eval.batch_size", "eval.test_every"):
-        if OmegaConf.select(cfg, key) < 1:
+        if OmegaConf.select(cfg, key) is not None and OmegaConf.select(cfg, key) < 1:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
     if cfg.eval.runs < 0:
         raise ConfigError(f"eval.runs={cfg.eval.runs} must be >= 0")
@@ -79,6 +86,8 @@ def validate(cfg: DictConfig) -> None:
         if bad:
             raise ConfigError(f"{key}: unknown ops {sorted(bad)}; choose from: {', '.join(GEOMETRIC_OPS)}")
     for key in ("data.mean", "data.std"):
+        if None in (OmegaConf.select(cfg, key), cfg.data.channels):
+            continue
         if len(OmegaConf.select(cfg, key)) != cfg.data.channels:
             raise ConfigError(f"{key} has {len(OmegaConf.select(cfg, key))} values, data.channels={cfg.data.channels}")
 

@@ -32,9 +32,9 @@ from omegaconf import DictConfig
 
 from kernels import mmd2
 from models import NUM_UNIFORMS, AugmentSpec, augment, create_model, decode, mix_init
-from pipeline.class_pool import ClassPool
+from pipeline.data import ClassPool
 from pipeline.config import augment_spec
-from pipeline.datasets import DataSpec
+from pipeline.data import DataSpec
 from pipeline.seeding import derive_seed, generator
 
 

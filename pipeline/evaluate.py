@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from models import NUM_UNIFORMS, AugmentSpec, augment, create_model
 from pipeline.config import augment_spec
-from pipeline.datasets import DataSpec, LabeledImages
+from pipeline.data import DataSpec, LabeledImages
 from pipeline.seeding import derive_seed, generator
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.datasets import LabeledImages
+from pipeline.data import LabeledImages
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

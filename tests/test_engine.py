@@ -7,8 +7,8 @@ from conftest import synthetic_classes
 
 from benchmarks.reference_loop import ReferenceLoop
 from kernels import mmd2
-from pipeline.class_pool import ClassPool
-from pipeline.datasets import DataSpec
+from pipeline.data import ClassPool
+from pipeline.data import DataSpec
 from pipeline.engine import Condenser, EngineSettings, build_encoder, condense
 
 
@@ -23,7 +23,7 @@ def settings(**kw) -> EngineSettings:
 @pytest.mark.parametrize("kernel", ["gaussian", "linear"])
 def test_reference_mode_reproduces_the_sequential_released_loop(tiny_data, kernel):
     s = settings(kernel=kernel)
-    pool = ClassPool(tiny_data, range(4))
+    pool = ClassPool.from_labeled(tiny_data, range(4))
     ours, ref = Condenser(s, pool, range(4)), ReferenceLoop(s, pool, range(4))
     torch.testing.assert_close(ours.images, ref.images.detach())
     for _ in range(5):  # crosses encoder changes (ipm=2)
@@ -36,7 +36,7 @@ def test_reference_mode_reproduces_the_sequential_released_loop(tiny_data, kerne
 
 def test_batched_mode_is_one_sgd_step_on_the_summed_class_losses(tiny_data):
     s = settings(update_mode="batched", lr=0.5, momentum=0.9)
-    pool = ClassPool(tiny_data, range(4))
+    pool = ClassPool.from_labeled(tiny_data, range(4))
     ours = Condenser(s, pool, range(4))
     x = ours.images.clone().requires_grad_(True)
     opt = torch.optim.SGD([x], lr=0.5, momentum=0.9)
@@ -55,7 +55,7 @@ def test_batched_mode_is_one_sgd_step_on_the_summed_class_losses(tiny_data):
 
 def test_class_losses_equal_per_class_mmd_of_separate_forwards(tiny_data):
     s = settings(kernel="gaussian")
-    pool = ClassPool(tiny_data, range(4))
+    pool = ClassPool.from_labeled(tiny_data, range(4))
     ours = Condenser(s, pool, range(4))
     batched = ours.class_losses(ours.images, 0)
     ref = ReferenceLoop(s, pool, range(4))
@@ -65,7 +65,7 @@ def test_class_losses_equal_per_class_mmd_of_separate_forwards(tiny_data):
 
 def test_linear_kernel_loss_is_dm_mean_feature_gap(tiny_data):
     s = settings(kernel="linear")
-    ours = Condenser(s, ClassPool(tiny_data, range(4)), range(4))
+    ours = Condenser(s, ClassPool.from_labeled(tiny_data, range(4)), range(4))
     losses = ours.class_losses(ours.images, 0)
     assert losses.shape == (4,) and (losses > 0).all()
     x, y = torch.randn(3, 5), torch.randn(4, 5)
@@ -83,9 +83,9 @@ def test_encoder_depends_only_on_seed_and_iteration_block():
 
 def test_splitting_classes_over_condensers_gives_the_same_synthetic_set(tiny_data):
     s = settings()
-    pool = ClassPool(tiny_data, range(4))
+    pool = ClassPool.from_labeled(tiny_data, range(4))
     whole = Condenser(s, pool, range(4))
-    halves = [Condenser(s, ClassPool(tiny_data, cls), cls) for cls in ([0, 1], [2, 3])]
+    halves = [Condenser(s, ClassPool.from_labeled(tiny_data, cls), cls) for cls in ([0, 1], [2, 3])]
     for _ in range(4):
         whole.step()
         for h in halves:
@@ -95,7 +95,7 @@ def test_splitting_classes_over_condensers_gives_the_same_synthetic_set(tiny_dat
 
 def test_state_dict_resume_continues_exactly(tiny_data):
     s = settings()
-    pool = ClassPool(tiny_data, range(4))
+    pool = ClassPool.from_labeled(tiny_data, range(4))
     straight = Condenser(s, pool, range(4))
     condense(straight, 6, progress=False)
     first = Condenser(s, pool, range(4))
@@ -106,12 +106,12 @@ def test_state_dict_resume_continues_exactly(tiny_data):
     assert resumed.iteration == 6
     assert torch.equal(resumed.images, straight.images)
     with pytest.raises(ValueError, match="classes"):
-        Condenser(s, ClassPool(tiny_data, [0, 1]), [0, 1]).load_state_dict(first.state_dict())
+        Condenser(s, ClassPool.from_labeled(tiny_data, [0, 1]), [0, 1]).load_state_dict(first.state_dict())
 
 
 def test_condensation_lowers_the_mmd(tiny_data):
     s = settings(ipm=1000)  # one encoder throughout, so losses are comparable
-    ours = Condenser(s, ClassPool(tiny_data, range(4)), range(4))
+    ours = Condenser(s, ClassPool.from_labeled(tiny_data, range(4)), range(4))
     before = ours.class_losses(ours.images, 0).mean().item()
     condense(ours, 30, progress=False)
     assert ours.class_losses(ours.images, 0).mean().item() < 0.9 * before  # finite-sample floor stays
@@ -123,5 +123,5 @@ def test_classes_with_fewer_images_than_the_real_batch_are_handled(tiny_data):
     keep = torch.ones(len(data.labels), dtype=torch.bool)
     keep[(data.labels == 2).nonzero()[10:]] = False  # class 2 keeps 10 images
     data.images, data.labels = data.images[keep], data.labels[keep]
-    ours = Condenser(s, ClassPool(data, range(4)), range(4))
+    ours = Condenser(s, ClassPool.from_labeled(data, range(4)), range(4))
     assert ours.step().shape == (4,)

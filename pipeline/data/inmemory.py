@@ -1,44 +1,14 @@
-"""Load a dataset split into memory as uint8 tensors (the in-memory path; the sharded
-WebDataset layer streams instead)."""
+"""Sources that load a whole split into memory: scikit-learn's digits (the laptop demo) and
+``ROOT/{train,test}.npz``. Large datasets go through the sharded layer instead."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What the engine and the evaluation need to know about a dataset's images."""
-
-    num_classes: int
-    channels: int
-    image_size: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @classmethod
-    def from_config(cls, data_cfg) -> "DataSpec":
-        return cls(num_classes=data_cfg.num_classes, channels=data_cfg.channels,
-                   image_size=tuple(data_cfg.image_size), mean=tuple(data_cfg.mean), std=tuple(data_cfg.std))
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Pixels (N, C, H, W) in [0, 1] -> (x - mean) / std per channel."""
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
-
-
-@dataclass
-class LabeledImages:
-    """``images`` uint8 (N, C, H, W); ``labels`` int64 (N,); ``class_names`` one per class."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    class_names: list[str]
+from pipeline.data.spec import LabeledImages
 
 
 def _digits(data_cfg, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -72,13 +42,14 @@ def _npz(data_cfg, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
 SOURCES = {"digits": _digits, "npz": _npz}
 
 
-def load_split(data_cfg, split: str) -> LabeledImages:
-    """Read ``split`` ("train" or "test") of the dataset that ``data_cfg`` describes and check it
-    against the config: channel count, image size (resized when ``data.resize``), labels."""
-    if data_cfg.source not in SOURCES:
-        raise ValueError(f"unknown data.source {data_cfg.source!r}; choose one of {sorted(SOURCES)}")
-    x, y, names = SOURCES[data_cfg.source](data_cfg, split)
-    where = f"{data_cfg.source} {split} split" + (f" under {data_cfg.root}" if data_cfg.root else "")
+def load_arrays(data_cfg, split: str, source: str | None = None) -> LabeledImages:
+    """Read ``split`` ("train" or "test") of the in-memory ``source`` (default ``data.source``) and
+    check it against the config: channel count, image size (resized when ``data.resize``), labels."""
+    source = source or data_cfg.source
+    if source not in SOURCES:
+        raise ValueError(f"unknown data.source {source!r}; choose one of {sorted(SOURCES)} or shards")
+    x, y, names = SOURCES[source](data_cfg, split)
+    where = f"{source} {split} split" + (f" under {data_cfg.root}" if data_cfg.root else "")
     if x.shape[-1] != data_cfg.channels:
         raise ValueError(f"{where}: images have {x.shape[-1]} channels, data.channels={data_cfg.channels}")
     if len(names) != data_cfg.num_classes:

@@ -1,0 +1,108 @@
+"""Where the engine gets its data: picks the source named by ``data.source`` (or detects it
+from ``data.root``), checks it against the config, and opens the per-worker class cache."""
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+from pipeline.data import storage
+from pipeline.data.inmemory import SOURCES, load_arrays
+from pipeline.data.manifest import FILENAME, Manifest, ManifestError, read_manifest
+from pipeline.data.pool import ClassPool, StreamingClassPool
+from pipeline.data.reader import ClassShardReader
+from pipeline.data.spec import LabeledImages
+
+CACHE_TIERS = ("auto", "device", "host", "stream")
+DEVICE_CACHE_FRACTION = 0.5  # of the free GPU memory; the rest is for the encoder's activations
+
+
+def source_of(data_cfg: DictConfig) -> str:
+    """``data.source``, or for ``auto`` what ``data.root`` holds: a manifest (shards) or train.npz."""
+    if data_cfg.source != "auto":
+        return data_cfg.source
+    if data_cfg.root is None:
+        raise ValueError("data.root is not set: give a prepared dataset (manifest.parquet, see pipeline/prepare.py) "
+                         "or a folder with train.npz and test.npz (data.root=PATH_OR_URL)")
+    manifest, npz = storage.join(data_cfg.root, FILENAME), storage.join(data_cfg.root, "train.npz")
+    if storage.exists(manifest):
+        return "shards"
+    if storage.exists(npz):
+        return "npz"
+    raise FileNotFoundError(f"data.root={data_cfg.root} holds neither {manifest} (prepared shards) nor {npz}")
+
+
+def resolve_dataset(cfg: DictConfig) -> Manifest | None:
+    """For sharded data: fill the ``data`` keys a preset leaves null (``custom``) from the manifest
+    and check the others against it. Returns the manifest (None for in-memory sources)."""
+    source = source_of(cfg.data)
+    with open_dict(cfg):
+        cfg.data.source = source
+    if source != "shards":
+        return None
+    m = read_manifest(cfg.data.root)
+    found = {"num_classes": m.num_classes, "channels": m.channels, "image_size": list(m.image_size),
+             "mean": list(m.mean), "std": list(m.std)}
+    with open_dict(cfg):
+        for key, value in found.items():
+            if cfg.data[key] is None:
+                if not value:
+                    raise ManifestError(f"{m.url}: has no {key}; set data.{key}")
+                cfg.data[key] = value
+            elif key in ("num_classes", "channels", "image_size") and list(_as_list(cfg.data[key])) != _as_list(value):
+                raise ManifestError(f"data.{key}={_as_list(cfg.data[key])} but {m.url} holds {value} "
+                                    f"(prepare with matching options, or use preset custom)")
+    return m
+
+
+def _as_list(v) -> list:
+    return list(v) if hasattr(v, "__iter__") and not isinstance(v, str) else [v]
+
+
+def _reader(data_cfg: DictConfig) -> ClassShardReader:
+    return ClassShardReader(data_cfg.root, verify=data_cfg.verify)
+
+
+def load_split(data_cfg: DictConfig, split: str) -> LabeledImages:
+    """A whole split in memory (the evaluation's test set, and the in-memory sources)."""
+    source = source_of(data_cfg)
+    if source != "shards":
+        return load_arrays(data_cfg, split, source)
+    reader = _reader(data_cfg)
+    m = reader.manifest
+    images = [reader.read_class(split, c) for c in range(m.num_classes)]
+    labels = torch.cat([torch.full((len(x),), c, dtype=torch.int64) for c, x in enumerate(images)])
+    return LabeledImages(torch.cat(images), labels, m.class_names)
+
+
+def cache_tier(data_cfg: DictConfig, nbytes: int, device: torch.device) -> str:
+    """Where a worker keeps its classes: ``data.cache``, or for ``auto`` the device when it is a
+    GPU with room, else host memory within ``data.cache_gb``, else streaming from the shards."""
+    tier = data_cfg.cache
+    if tier not in CACHE_TIERS:
+        raise ValueError(f"data.cache={tier!r} is not valid; choose one of: {', '.join(CACHE_TIERS)}")
+    if tier != "auto":
+        return tier
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if nbytes <= DEVICE_CACHE_FRACTION * free:
+            return "device"
+    return "host" if nbytes <= float(data_cfg.cache_gb) * 2**30 else "stream"
+
+
+def open_class_pool(data_cfg: DictConfig, classes: list[int], device: torch.device,
+                    split: str = "train", log=None) -> ClassPool:
+    """The real images of ``classes`` for a worker on ``device``, cached as cache_tier decides."""
+    source = source_of(data_cfg)
+    if source != "shards":
+        return ClassPool.from_labeled(load_arrays(data_cfg, split, source), classes, device)
+    reader = _reader(data_cfg)
+    m = reader.manifest
+    per_image = m.channels * m.image_size[0] * m.image_size[1]
+    nbytes = sum(reader.num_samples(split, c) for c in classes) * per_image
+    tier = cache_tier(data_cfg, nbytes, device)
+    if log:
+        log(f"{len(classes)} classes, {nbytes / 2**20:.0f} MiB as uint8: cache tier {tier!r}")
+    if tier == "stream":
+        return StreamingClassPool(reader, split, classes, device)
+    return ClassPool.from_shards(reader, split, classes, device, store=device if tier == "device" else "cpu")
+
