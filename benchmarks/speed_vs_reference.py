@@ -17,8 +17,7 @@ import time
 import torch
 
 from benchmarks.reference_loop import ReferenceLoop
-from pipeline.data import ClassPool
-from pipeline.data import DataSpec, LabeledImages
+from pipeline.data import ClassPool, DataSpec, LabeledImages
 from pipeline.engine import Condenser, EngineSettings
 
 

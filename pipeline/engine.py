@@ -32,9 +32,8 @@ from omegaconf import DictConfig
 
 from kernels import mmd2
 from models import NUM_UNIFORMS, AugmentSpec, augment, create_model, decode, mix_init
-from pipeline.data import ClassPool
 from pipeline.config import augment_spec
-from pipeline.data import DataSpec
+from pipeline.data import ClassPool, DataSpec
 from pipeline.seeding import derive_seed, generator
 
 

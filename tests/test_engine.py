@@ -7,8 +7,7 @@ from conftest import synthetic_classes
 
 from benchmarks.reference_loop import ReferenceLoop
 from kernels import mmd2
-from pipeline.data import ClassPool
-from pipeline.data import DataSpec
+from pipeline.data import ClassPool, DataSpec
 from pipeline.engine import Condenser, EngineSettings, build_encoder, condense
 
 

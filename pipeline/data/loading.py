@@ -6,7 +6,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from pipeline.data import storage
-from pipeline.data.inmemory import SOURCES, load_arrays
+from pipeline.data.inmemory import load_arrays
 from pipeline.data.manifest import FILENAME, Manifest, ManifestError, read_manifest
 from pipeline.data.pool import ClassPool, StreamingClassPool
 from pipeline.data.reader import ClassShardReader
