@@ -1,0 +1,237 @@
+"""The dataset formats ``prepare`` reads, each turned into images grouped by class.
+
+An image is referenced either by its file (ImageFolder; decoded later, in a worker) or by
+its uint8 pixels (H, W, C) for the formats that ship as arrays: MNIST/Fashion-MNIST IDX
+(raw or .gz), the CIFAR-10/100 python pickles, SVHN's .mat files and our .npz.
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+ImageRef = Union[str, np.ndarray]
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+TEST_DIRS = ("test", "val")  # ImageFolder: the evaluation split is test/ or val/, written as "test"
+
+
+class SourceError(ValueError):
+    """SOURCE is not in a format prepare reads, or is inconsistent; the message names the file."""
+
+
+@dataclass
+class SourceSplit:
+    """One split of a source: ``items[c]`` are class c's images in source order."""
+
+    class_names: list[str]
+    items: list[list[ImageRef]]
+    origin: str  # the file or folder it came from, for messages
+
+    def select(self, names: list[str], where: str) -> "SourceSplit":
+        """Keep the classes in ``names``, in that order (indices are renumbered)."""
+        index = {n: i for i, n in enumerate(self.class_names)}
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise SourceError(f"{where}: classes {unknown[:5]} are not in {self.origin} "
+                              f"({len(self.class_names)} classes, e.g. {self.class_names[:3]})")
+        return SourceSplit(list(names), [self.items[index[n]] for n in names], self.origin)
+
+
+@dataclass
+class Source:
+    kind: str
+    path: str
+    splits: dict[str, SourceSplit]
+
+
+def _by_class(x: np.ndarray, y: np.ndarray, names: list[str], origin: str) -> SourceSplit:
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    if len(x) != len(y):
+        raise SourceError(f"{origin}: {len(x)} images but {len(y)} labels")
+    bad = np.flatnonzero((y < 0) | (y >= len(names)))
+    if len(bad):
+        raise SourceError(f"{origin}: label {y[bad[0]]} at index {bad[0]} is outside 0..{len(names) - 1}")
+    x = np.ascontiguousarray(x)
+    return SourceSplit(names, [list(x[y == c]) for c in range(len(names))], origin)
+
+
+# ----------------------------------------------------------------------------- IDX (MNIST)
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype != 0x08:
+            raise SourceError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+        dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+        body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    except (OSError, EOFError, struct.error) as e:
+        raise SourceError(f"{path}: unreadable IDX file ({e})") from None
+    if body.size != int(np.prod(dims)):
+        raise SourceError(f"{path}: header says {dims} = {int(np.prod(dims))} bytes, found {body.size}")
+    return body.reshape(dims)
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _idx(folder: Path) -> Source | None:
+    splits = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images, labels = _idx_file(folder, f"{prefix}-images-idx3-ubyte"), _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
+        if images and labels:
+            x, y = _read_idx(images), _read_idx(labels)
+            names = [str(c) for c in range(int(y.max()) + 1)] if y.size else []
+            splits[split] = _by_class(x[..., None], y, names, str(images))
+    return Source("idx", str(folder), splits) if splits else None
+
+
+# ----------------------------------------------------------------------------- CIFAR
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except Exception as e:  # noqa: BLE001 - a damaged pickle raises many types
+        raise SourceError(f"{path}: not a CIFAR python pickle ({type(e).__name__}: {e})") from None
+
+
+def _cifar_split(paths: list[Path], label_key: bytes, names: list[str]) -> SourceSplit:
+    xs, ys = [], []
+    for p in paths:
+        d = _unpickle(p)
+        if b"data" not in d or label_key not in d:
+            raise SourceError(f"{p}: missing {b'data'!r} or {label_key!r} (has {sorted(d)})")
+        xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(np.asarray(d[label_key]))
+    return _by_class(np.concatenate(xs), np.concatenate(ys), names, str(paths[0].parent))
+
+
+def _cifar(folder: Path) -> Source | None:
+    for sub in (folder, folder / "cifar-10-batches-py", folder / "cifar-100-python"):
+        if (sub / "data_batch_1").is_file():
+            names = [n.decode() for n in _unpickle(sub / "batches.meta")[b"label_names"]]
+            train = sorted(sub.glob("data_batch_*"))
+            return Source("cifar10", str(sub), {"train": _cifar_split(train, b"labels", names),
+                                                "test": _cifar_split([sub / "test_batch"], b"labels", names)})
+        if (sub / "meta").is_file() and (sub / "train").is_file():
+            names = [n.decode() for n in _unpickle(sub / "meta")[b"fine_label_names"]]
+            return Source("cifar100", str(sub), {"train": _cifar_split([sub / "train"], b"fine_labels", names),
+                                                 "test": _cifar_split([sub / "test"], b"fine_labels", names)})
+    return None
+
+
+# ----------------------------------------------------------------------------- SVHN
+def _svhn(folder: Path) -> Source | None:
+    files = {s: folder / f"{s}_32x32.mat" for s in ("train", "test", "extra")}
+    if not files["train"].is_file() and not files["test"].is_file():
+        return None
+    from scipy.io import loadmat
+
+    splits = {}
+    for split, path in files.items():
+        if not path.is_file():
+            continue
+        try:
+            d = loadmat(path)
+        except Exception as e:  # noqa: BLE001
+            raise SourceError(f"{path}: not a readable .mat file ({type(e).__name__}: {e})") from None
+        if "X" not in d or "y" not in d:
+            raise SourceError(f"{path}: missing 'X' or 'y'")
+        x = np.asarray(d["X"], dtype=np.uint8).transpose(3, 0, 1, 2)  # (32, 32, 3, N) -> (N, 32, 32, 3)
+        y = np.asarray(d["y"]).reshape(-1) % 10  # SVHN labels the digit 0 as 10
+        splits[split] = _by_class(x, y, [str(c) for c in range(10)], str(path))
+    return Source("svhn", str(folder), splits)
+
+
+# ----------------------------------------------------------------------------- npz
+def _npz_split(path: Path) -> SourceSplit:
+    try:
+        with np.load(path) as d:
+            missing = {"x", "y", "class_names"} - set(d.files)
+            if missing:
+                raise SourceError(f"{path}: missing arrays {sorted(missing)} (has {sorted(d.files)})")
+            x, y, names = d["x"], d["y"], [str(n) for n in d["class_names"]]
+    except (OSError, ValueError) as e:
+        if isinstance(e, SourceError):
+            raise
+        raise SourceError(f"{path}: not a readable .npz ({e})") from None
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise SourceError(f"{path}: 'x' must be uint8 (N, H, W, C) with C 1 or 3, got {x.dtype} {x.shape}")
+    return _by_class(x, y, names, str(path))
+
+
+def _npz(path: Path) -> Source | None:
+    if path.is_file() and path.suffix == ".npz":
+        return Source("npz", str(path), {path.stem: _npz_split(path)})
+    files = sorted(path.glob("*.npz")) if path.is_dir() else []
+    return Source("npz", str(path), {f.stem: _npz_split(f) for f in files}) if files else None
+
+
+# ----------------------------------------------------------------------------- ImageFolder
+def _image_files(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _image_folder(folder: Path) -> Source | None:
+    train = folder / "train"
+    if not train.is_dir():
+        return None
+    names = sorted(p.name for p in train.iterdir() if p.is_dir())
+    if not names:
+        raise SourceError(f"{train}: no class folders (expected train/<class>/*.jpg|png)")
+    splits = {"train": SourceSplit(names, [_image_files(train / n) for n in names], str(train))}
+    for d in TEST_DIRS:
+        if (folder / d).is_dir():
+            test = folder / d
+            present = {p.name for p in test.iterdir() if p.is_dir()}
+            splits["test"] = SourceSplit(names, [_image_files(test / n) if n in present else [] for n in names],
+                                         str(test))
+            break
+    return Source("imagefolder", str(folder), splits)
+
+
+DETECTORS = (_npz, _idx, _cifar, _svhn, _image_folder)
+LAYOUTS = ("an ImageFolder tree (train/<class>/*.jpg|png, optional val/ or test/)",
+           "MNIST/Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)",
+           "CIFAR-10/100 python batches (cifar-10-batches-py/, cifar-100-python/)",
+           "SVHN .mat files (train_32x32.mat, test_32x32.mat)",
+           ".npz files (x uint8 NHWC, y, class_names)")
+
+
+def open_source(path: str) -> Source:
+    """Detect the format of the local file or folder ``path`` and read its index (arrays load
+    into memory; ImageFolder files are only listed)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SourceError(f"{p}: no such file or folder")
+    for detect in DETECTORS:
+        src = detect(p) if p.is_dir() or detect is _npz else None
+        if src is not None:
+            return src
+    raise SourceError(f"{p}: not a dataset prepare can read; expected one of:\n  " + "\n  ".join(LAYOUTS))
+
+
+def read_name_list(path: str) -> list[str]:
+    """One class per line; blank lines and '#' comments are skipped; duplicates are an error."""
+    try:
+        lines = Path(path).expanduser().read_text().splitlines()
+    except OSError as e:
+        raise SourceError(f"{path}: cannot read class list ({e})") from None
+    names = [ln.split("#", 1)[0].strip() for ln in lines]
+    names = [n for n in names if n]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SourceError(f"{path}: classes listed twice: {dup[:5]}")
+    if not names:
+        raise SourceError(f"{path}: no class names")
+    return names
