@@ -39,3 +39,45 @@ def write_npz(folder: Path, split: str, data: LabeledImages) -> Path:
 @pytest.fixture
 def tiny_data() -> LabeledImages:
     return synthetic_classes()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API (moto in server mode) on 127.0.0.1; s3fs and botocore find it through the
+    standard AWS_* environment variables, as they would find a MinIO or Ceph endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    _clear_s3_clients()
+    yield env["AWS_ENDPOINT_URL"]
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    _clear_s3_clients()
+
+
+def _clear_s3_clients() -> None:
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request) -> str:
+    """A fresh bucket per test: ``s3://<name>``."""
+    import uuid
+
+    import fsspec
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3").mkdir(name)
+    return f"s3://{name}"
