@@ -34,7 +34,8 @@ class ClassShardReader:
                                       num_bytes=row.num_bytes if self.verify else None,
                                       wanted=None if wanted is None else wanted[i]))
             if wanted is None and len(samples) != row.num_samples:
-                raise ShardError(f"{url}: {len(samples)} samples, the manifest says {row.num_samples}")
+                raise ShardError(f"{url}: holds {len(samples)} samples, the manifest says {row.num_samples} "
+                                 "(truncated or replaced)")
             out += [sample_pixels(url, key, parts, label=class_index, image_size=m.image_size,
                                   channels=m.channels, num_classes=m.num_classes) for _, key, parts in samples]
         return out
