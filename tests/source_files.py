@@ -74,7 +74,7 @@ def write_svhn(folder: Path, train: LabeledImages, test: LabeledImages) -> None:
 def write_image_folder(folder: Path, split: str, data: LabeledImages, ext: str = "png",
                        sizes: list[tuple[int, int]] | None = None) -> None:
     """``folder/split/<class name>/<i>.<ext>``; ``sizes`` (w, h) cycles through varied sizes."""
-    for i, (img, label) in enumerate(zip(nhwc(data), data.labels.tolist())):
+    for i, (img, label) in enumerate(zip(nhwc(data), data.labels.tolist(), strict=True)):
         d = folder / split / data.class_names[label]
         d.mkdir(parents=True, exist_ok=True)
         pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)

@@ -56,6 +56,11 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "file" in protocols or "local" in protocols
+
+
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
     return retrying("checking existence", url, lambda: fs.exists(path))
@@ -84,10 +89,9 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}" if parent else f".tmp-{uuid.uuid4().hex}"
 
     def put() -> None:
-        if parent:
+        if parent and _is_local(fs):  # object stores have no folders, and s3fs's makedirs creates buckets
             fs.makedirs(parent, exist_ok=True)
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
+        fs.pipe_file(tmp, data)
         fs.mv(tmp, path)
 
     retrying("writing", url, put)
@@ -108,7 +112,9 @@ def register_webdataset_schemes() -> None:
     """Let ``webdataset`` open object-store URLs through fsspec (it has no handler of its own).
 
     Call it in every process that builds a ``webdataset.WebDataset`` over such URLs."""
-    import webdataset.gopen as gopen
+    import importlib
+
+    gopen = importlib.import_module("webdataset.gopen")  # the package re-exports a function of the same name
 
     def fsspec_open(url: str, mode: str = "rb", bufsize: int = 8192, **_kw):
         return fsspec.open(url, mode).open()
