@@ -59,7 +59,7 @@ def run(cfg: DictConfig, progress: bool = True) -> dict:
         f"device={device} -> {run_dir}")
 
     classes = list(range(cfg.data.num_classes))
-    pool = open_class_pool(cfg.data, classes, device, log=log)
+    pool = open_class_pool(cfg.data, classes, device, log=log, progress=progress)
     names = pool.class_names
     start = time.perf_counter()
     history: list = []

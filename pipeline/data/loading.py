@@ -2,6 +2,8 @@
 from ``data.root``), checks it against the config, and opens the per-worker class cache."""
 from __future__ import annotations
 
+import os
+
 import torch
 from omegaconf import DictConfig, open_dict
 
@@ -13,6 +15,7 @@ from pipeline.data.reader import ClassShardReader
 from pipeline.data.spec import LabeledImages
 
 CACHE_TIERS = ("auto", "device", "host", "stream")
+AUTO_PARALLEL_IMAGES = 20_000  # below this, starting decode processes costs more than it saves
 DEVICE_CACHE_FRACTION = 0.5  # of the free GPU memory; the rest is for the encoder's activations
 
 
@@ -69,7 +72,8 @@ def load_split(data_cfg: DictConfig, split: str) -> LabeledImages:
         return load_arrays(data_cfg, split, source)
     reader = _reader(data_cfg)
     m = reader.manifest
-    images = [reader.read_class(split, c) for c in range(m.num_classes)]
+    n = sum(reader.num_samples(split, c) for c in range(m.num_classes))
+    images = [x for _, x in reader.read_classes(split, range(m.num_classes), read_workers(data_cfg, n))]
     labels = torch.cat([torch.full((len(x),), c, dtype=torch.int64) for c, x in enumerate(images)])
     return LabeledImages(torch.cat(images), labels, m.class_names)
 
@@ -90,7 +94,7 @@ def cache_tier(data_cfg: DictConfig, nbytes: int, device: torch.device) -> str:
 
 
 def open_class_pool(data_cfg: DictConfig, classes: list[int], device: torch.device,
-                    split: str = "train", log=None) -> ClassPool:
+                    split: str = "train", log=None, progress: bool = True) -> ClassPool:
     """The real images of ``classes`` for a worker on ``device``, cached as cache_tier decides."""
     source = source_of(data_cfg)
     if source != "shards":
@@ -104,5 +108,14 @@ def open_class_pool(data_cfg: DictConfig, classes: list[int], device: torch.devi
         log(f"{len(classes)} classes, {nbytes / 2**20:.0f} MiB as uint8: cache tier {tier!r}")
     if tier == "stream":
         return StreamingClassPool(reader, split, classes, device)
-    return ClassPool.from_shards(reader, split, classes, device, store=device if tier == "device" else "cpu")
+    return ClassPool.from_shards(reader, split, classes, device, store=device if tier == "device" else "cpu",
+                                 workers=read_workers(data_cfg, nbytes // per_image), progress=progress)
+
+
+def read_workers(data_cfg: DictConfig, num_images: int) -> int:
+    """``data.read_workers``, or for 0 (auto) one process per core up to 8 when there is enough
+    to decode to pay for starting them."""
+    if data_cfg.read_workers > 0:
+        return int(data_cfg.read_workers)
+    return min(8, os.cpu_count() or 1) if num_images >= AUTO_PARALLEL_IMAGES else 1
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from tqdm import tqdm
 
 from pipeline.data.reader import ClassShardReader
 from pipeline.data.spec import LabeledImages
@@ -51,14 +52,17 @@ class ClassPool:
 
     @classmethod
     def from_shards(cls, reader: ClassShardReader, split: str, classes: Sequence[int], device="cpu",
-                    store: torch.device | str | None = None, progress=None) -> "ClassPool":
-        """Decode each class once from its shards into ``store`` (default: ``device``)."""
+                    store: torch.device | str | None = None, workers: int = 1, progress: bool = True) -> "ClassPool":
+        """Decode each class once from its shards (in ``workers`` processes) into ``store``
+        (default: ``device``)."""
+        order = sorted(int(c) for c in classes)
         parts, count = [], {}
-        for c in sorted(int(c) for c in classes):
-            parts.append(reader.read_class(split, c).to(store or device))
-            count[c] = len(parts[-1])
-            if progress is not None:
-                progress(c)
+        total = sum(reader.num_samples(split, c) for c in order)
+        with tqdm(total=total, unit="img", desc=f"cache {split}", disable=not progress) as bar:
+            for c, images in reader.read_classes(split, order, workers):
+                parts.append(images.to(store or device))
+                count[c] = len(images)
+                bar.update(len(images))
         return cls(torch.cat(parts), count, device, reader.manifest.class_names)
 
     def _take(self, parts: list[tuple[int, torch.Tensor]]) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Read one class of a prepared dataset from its shards, at any fsspec URL."""
 from __future__ import annotations
 
-from typing import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +50,18 @@ class ClassShardReader:
         """All images of the class in shard order: uint8 (N, C, H, W)."""
         return self._stack(self._decode(split, class_index, None))
 
+    def read_classes(self, split: str, classes: Sequence[int], workers: int = 1) -> Iterator[tuple[int, torch.Tensor]]:
+        """(class, read_class(split, class)) for each class, in order; ``workers`` > 1 decodes
+        classes in that many processes (decoding is CPU-bound and holds the GIL)."""
+        if workers <= 1 or len(classes) <= 1:
+            for c in classes:
+                yield c, self.read_class(split, c)
+            return
+        with ProcessPoolExecutor(min(workers, len(classes)), mp_context=get_context("spawn")) as pool:
+            for c, pixels in zip(classes, pool.map(_read_class_array, [(self.manifest, self.verify, split, c)
+                                                                       for c in classes]), strict=True):
+                yield c, torch.from_numpy(pixels)
+
     def read_samples(self, split: str, class_index: int, positions: Sequence[int]) -> torch.Tensor:
         """The images at ``positions`` (indices into the class, in shard order), in the order
         given: uint8 (len(positions), C, H, W). Reads only the shards that hold them."""
@@ -65,3 +79,8 @@ class ClassShardReader:
         order = sorted({int(p) for p in positions})
         where = {p: i for i, p in enumerate(order)}
         return self._stack([decoded[where[int(p)]] for p in positions])
+
+
+def _read_class_array(args: tuple[Manifest, bool, str, int]) -> np.ndarray:
+    manifest, verify, split, c = args
+    return ClassShardReader(manifest, verify).read_class(split, c).numpy()
