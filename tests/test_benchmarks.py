@@ -14,3 +14,16 @@ def test_speed_vs_reference_prints_a_json_summary_last():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"ours_it_per_s", "reference_it_per_s", "ratio", "device", "shape"} <= set(result)
     assert result["ours_it_per_s"] > 0 and result["reference_it_per_s"] > 0 and result["device"] == "cpu"
+
+
+def test_data_throughput_reports_decode_rates_and_engine_feeding_times(tmp_path):
+    out = tmp_path / "r.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.data_throughput", "--png-images", "100", "--jpeg-images",
+                           "8", "--iterations", "1", "--out", str(out)], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert json.loads(out.read_text()) == result
+    for key in ("png32_local_img_per_s", "png32_s3_img_per_s", "jpeg224_local_img_per_s", "jpeg224_s3_img_per_s",
+                "engine_s_per_it_cache", "engine_s_per_it_stream_local", "engine_s_per_it_stream_s3"):
+        assert result[key] > 0, key
