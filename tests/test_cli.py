@@ -145,3 +145,41 @@ def test_no_arguments_prints_usage_with_the_presets(capsys):
     out = capsys.readouterr().out
     assert "usage: python pipeline/run.py PRESET" in out and "fashion_mnist" in out
     assert main(["--help"]) == 0
+
+
+def _prepared(tmp_path, **kw):
+    from pipeline.data.prepare import PrepareOptions, prepare
+
+    write_npz(tmp_path / "src", "train", synthetic_classes(**kw))
+    write_npz(tmp_path / "src", "test", synthetic_classes(seed=1, **kw))
+    return prepare(str(tmp_path / "src"), str(tmp_path / "ds"), PrepareOptions(progress=False), log=lambda m: None)
+
+
+def test_custom_preset_takes_size_channels_classes_and_statistics_from_the_manifest(tmp_path):
+    m = _prepared(tmp_path, num_classes=3, per_class=10, size=12, channels=3)
+    args = ["custom", f"data.root={tmp_path / 'ds'}", f"out_dir={tmp_path}", "run_name=c", "ipc=1", "batch_real=8",
+            "encoder.width=16", *FAST]
+    assert main(args) == 0
+    cfg = yaml_config(tmp_path / "c" / "config.yaml")
+    assert (cfg["data"]["num_classes"], cfg["data"]["channels"], cfg["data"]["image_size"]) == (3, 3, [12, 12])
+    assert cfg["data"]["mean"] == list(m.mean) and cfg["data"]["source"] == "shards"
+    syn = torch.load(tmp_path / "c" / "synthetic.pt", weights_only=True)
+    assert syn["class_names"] == ["class0", "class1", "class2"] and syn["images"].shape == (3, 3, 12, 12)
+
+
+def test_preset_that_disagrees_with_the_manifest_names_the_key_and_the_manifest(tmp_path, capsys):
+    _prepared(tmp_path, num_classes=10, per_class=2, size=12)
+    assert main(["mnist", f"data.root={tmp_path / 'ds'}", f"out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert f"data.image_size=[28, 28] but {tmp_path / 'ds' / 'manifest.parquet'} holds [12, 12]" in err
+
+
+def test_root_without_a_manifest_or_npz_names_both(tmp_path, capsys):
+    assert main(["custom", f"data.root={tmp_path}", f"out_dir={tmp_path}"]) == 2
+    assert f"{tmp_path}/manifest.parquet: no manifest" in capsys.readouterr().err
+
+
+def yaml_config(path):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path))
