@@ -25,6 +25,7 @@ CHOICES = {
     "init": ("mix",),
     "data.source": ("auto", "shards", "npz", "digits"),
     "data.cache": ("auto", "device", "host", "stream"),
+    "backend": ("auto", "local", "ray"),
 }
 # Keys a preset may leave null for the manifest of a prepared dataset to fill (preset custom).
 FROM_MANIFEST = ("data.num_classes", "data.channels", "data.image_size", "data.mean", "data.std")
@@ -75,6 +76,10 @@ def validate(cfg: DictConfig) -> None:
                 "eval.epochs", "eval.batch_size", "eval.test_every"):
         if OmegaConf.select(cfg, key) is not None and OmegaConf.select(cfg, key) < 1:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise ConfigError(f"workers={cfg.workers} must be >= 1 (or null: one per GPU)")
+    if cfg.checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every={cfg.checkpoint_every} must be >= 0")
     if cfg.eval.runs < 0:
         raise ConfigError(f"eval.runs={cfg.eval.runs} must be >= 0")
     models = list_models()

@@ -1,12 +1,12 @@
 """Everything a run writes: synthetic.pt, summary.json, config.yaml, grid.png, curves.png.
 
-Files are written to a temporary name and renamed, so a crash never leaves a half-written
-file under the final name.
+``path`` is a local path or any fsspec URL. Files are written to a temporary name and moved,
+so a crash never leaves a half-written file under the final name.
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,43 +18,50 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-
-def _atomic(path: Path, write) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
+from pipeline.data import storage  # noqa: E402
 
 
-def save_synthetic(path: Path, images: torch.Tensor, labels: torch.Tensor, factor: int,
-                   class_names: list[str]) -> Path:
+def _atomic(path, write) -> str:
+    """``write(file object)`` into memory, then one atomic write to ``path``."""
+    buf = io.BytesIO()
+    write(buf)
+    storage.write_bytes_atomic(str(path), buf.getvalue())
+    return str(path)
+
+
+def save_synthetic(path: str | Path, images: torch.Tensor, labels: torch.Tensor, factor: int,
+                   class_names: list[str]) -> str:
     """Stored images (N, C, H, W) float32 in [0, 1] and labels (N,); ``decode(images, factor)``
     gives the training set. Loads with ``torch.load(path, weights_only=True)``."""
     payload = {"images": images.detach().float().cpu().contiguous(), "labels": labels.cpu().long(),
                "factor": int(factor), "class_names": list(class_names)}
-    return _atomic(Path(path), lambda p: torch.save(payload, p))
+    return _atomic(path, lambda f: torch.save(payload, f))
 
 
-def load_synthetic(path: Path) -> dict[str, Any]:
-    return torch.load(path, weights_only=True, map_location="cpu")
+def load_synthetic(path) -> dict[str, Any]:
+    return torch.load(io.BytesIO(storage.read_bytes(str(path))), weights_only=True, map_location="cpu")
 
 
-def write_json(path: Path, obj: Any) -> Path:
-    return _atomic(Path(path), lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
+def write_json(path, obj: Any) -> str:
+    return _atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
-def write_config(path: Path, cfg: DictConfig) -> Path:
-    return _atomic(Path(path), lambda p: p.write_text(OmegaConf.to_yaml(cfg)))
+def read_json(path) -> Any:
+    return json.loads(storage.read_bytes(str(path)))
 
 
-def _save_figure(fig, path: Path) -> Path:
-    out = _atomic(Path(path), lambda p: fig.savefig(p, dpi=100, bbox_inches="tight", format="png"))
+def write_config(path, cfg: DictConfig) -> str:
+    return _atomic(path, lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
+
+
+def _save_figure(fig, path) -> str:
+    out = _atomic(path, lambda f: fig.savefig(f, dpi=100, bbox_inches="tight", format="png"))
     plt.close(fig)
     return out
 
 
-def plot_grid(path: Path, images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
-              max_per_class: int = 20, max_classes: int = 100) -> Path:
+def plot_grid(path: str | Path, images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+              max_per_class: int = 20, max_classes: int = 100) -> str:
     """One row per class of decoded images (N, C, H, W) in [0, 1]; at most ``max_per_class``
     columns and ``max_classes`` rows."""
     classes = sorted(set(labels.tolist()))[:max_classes]
@@ -75,8 +82,8 @@ def plot_grid(path: Path, images: torch.Tensor, labels: torch.Tensor, class_name
     return _save_figure(fig, path)
 
 
-def plot_curves(path: Path, loss_history: list[tuple[int, list[float]]],
-                eval_curves: dict[str, list[list[tuple[int, float]]]]) -> Path:
+def plot_curves(path: str | Path, loss_history: list[tuple[int, list[float]]],
+                eval_curves: dict[str, list[list[tuple[int, float]]]]) -> str:
     """Left: mean per-class MMD^2 over iterations. Right: test accuracy over epochs, one line
     per evaluation run, per architecture."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))

@@ -7,8 +7,8 @@ from pipeline.config import load_config
 SMALL = ["iterations=60", "eval.runs=2", "eval.epochs=80", "eval.test_every=80"]
 
 
-def accuracy(tmp_path, *overrides) -> float:
-    cfg = load_config("digits", [f"out_dir={tmp_path}", *SMALL, *overrides])
+def accuracy(tmp_path, name, *overrides) -> float:
+    cfg = load_config("digits", [f"out_dir={tmp_path}", f"run_name={name}", *SMALL, *overrides])
     return run(cfg, progress=False)["eval"]["accuracy_mean"]
 
 
@@ -16,9 +16,9 @@ def accuracy(tmp_path, *overrides) -> float:
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("acc")
     return {
-        "random": accuracy(out, "method=random"),
-        "reference": accuracy(out, "update_mode=reference"),
-        "batched": accuracy(out, "update_mode=batched"),
+        "random": accuracy(out, "random", "method=random"),
+        "reference": accuracy(out, "reference", "update_mode=reference"),
+        "batched": accuracy(out, "batched", "update_mode=batched"),
     }
 
 

@@ -14,7 +14,7 @@ from pipeline.cli import main
 from pipeline.config import ConfigError, list_presets, load_config
 
 RUN = REPO / "pipeline" / "run.py"
-FAST = ["iterations=6", "eval.runs=1", "eval.epochs=2", "eval.test_every=1", "log_every=2"]
+FAST = ["iterations=6", "eval.runs=1", "eval.epochs=2", "eval.test_every=1", "log_every=2", "workers=1"]
 
 
 def run_cli(*args, cwd=None, script=RUN):

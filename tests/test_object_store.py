@@ -11,7 +11,7 @@ from pipeline.data import ClassShardReader, StorageError, read_manifest
 from pipeline.data.prepare import PrepareOptions, prepare
 from pipeline.data.storage import register_webdataset_schemes
 
-FAST = ["ipc=1", "iterations=4", "batch_real=8", "encoder.width=16", "eval.epochs=2", "eval.test_every=1",
+FAST = ["ipc=1", "workers=1", "iterations=4", "batch_real=8", "encoder.width=16", "eval.epochs=2", "eval.test_every=1",
         "device=cpu"]
 
 

@@ -1,0 +1,212 @@
+"""The driver: splits the classes over workers, steps them in lockstep, records complete
+checkpoints, merges the slices, and runs the evaluations.
+
+A rerun of the same command continues where run.json says the last complete checkpoint is,
+skips condensation when the run has condensed, and does nothing when it has finished (unless
+``reevaluate=true``). ``backend=local`` runs one worker in this process; ``backend=ray`` runs
+``workers`` Ray actors and evaluates in Ray tasks.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from models import decode
+from pipeline import outputs
+from pipeline.baselines import random_real
+from pipeline.checkpoint import RunStore, condensation_config, fingerprint
+from pipeline.data import load_split, open_class_pool, storage
+from pipeline.evaluate import EvalSettings, train_and_test
+from pipeline.seeding import derive_seed
+from pipeline.worker import ClassWorker, pick_device
+
+
+def log(msg: str) -> None:
+    print(f"[m3d] {msg}", file=sys.stderr, flush=True)
+
+
+def split_classes(num_classes: int, workers: int) -> list[list[int]]:
+    """Contiguous, nearly equal slices: 10 classes over 3 workers -> 4, 3, 3."""
+    workers = max(1, min(workers, num_classes))
+    base, extra = divmod(num_classes, workers)
+    out, start = [], 0
+    for w in range(workers):
+        n = base + (w < extra)
+        out.append(list(range(start, start + n)))
+        start += n
+    return out
+
+
+def resolve_backend(cfg: DictConfig) -> tuple[str, int]:
+    """(backend, workers): ``workers`` null means one per GPU of the Ray cluster (else 1)."""
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "local" if cfg.workers == 1 else "ray"
+    if backend == "local":
+        if cfg.workers not in (None, 1):
+            raise ValueError(f"backend=local runs one worker; workers={cfg.workers} needs backend=ray")
+        return "local", 1
+    from pipeline import ray_backend
+
+    ray_backend.init(cfg.ray.address)
+    if cfg.workers is not None:
+        return "ray", int(cfg.workers)
+    import ray
+
+    return "ray", max(1, int(ray.cluster_resources().get("GPU", 0)) if cfg.device != "cpu" else 1)
+
+
+class LocalWorkers:
+    """The in-process backend: the same ClassWorker, called directly."""
+
+    def __init__(self, cfg_dict: dict, splits: list[list[int]], run_url: str):
+        self.splits = splits
+        self.workers = [ClassWorker(cfg_dict, s, run_url) for s in splits]
+        self.gpu = False
+
+    def call(self, method: str, *args) -> list:
+        return [getattr(w, method)(*args) for w in self.workers]
+
+    def stop(self) -> None:
+        self.workers = []
+
+
+def _next_stop(t: int, cfg: DictConfig) -> tuple[int, bool]:
+    """The next iteration the driver syncs at, and whether it is a checkpoint."""
+    every = cfg.checkpoint_every
+    sync = min(cfg.iterations, (t // cfg.log_every + 1) * cfg.log_every)
+    if every > 0:
+        sync = min(sync, (t // every + 1) * every)
+    return sync, (every > 0 and sync % every == 0) or sync == cfg.iterations
+
+
+def condense_slices(cfg: DictConfig, store: RunStore, run: dict, backend: str, workers: int, progress: bool) -> dict:
+    """Run the workers to cfg.iterations from wherever the run is; returns the merged state."""
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    splits = split_classes(cfg.data.num_classes, workers)
+    if backend == "ray":
+        from pipeline.ray_backend import RayWorkers
+        pool = RayWorkers(cfg, cfg_dict, splits, store.url)
+    else:
+        pool = LocalWorkers(cfg_dict, splits, store.url)
+    try:
+        infos = pool.call("info")
+        t = min(i["iteration"] for i in infos)
+        where = sorted({f"{i['host']}:{i['device']}" for i in infos})
+        log(f"{len(splits)} worker(s) on {', '.join(where)}" + (f"; resumed at iteration {t}" if t else ""))
+        bar = tqdm(total=cfg.iterations, initial=t, desc=f"condense ({len(splits)} workers)", unit="it",
+                   disable=not progress, dynamic_ncols=True, mininterval=1.0)
+        with bar:
+            while t < cfg.iterations:
+                target, checkpoint = _next_stop(t, cfg)
+                results = pool.call("run_until", target, checkpoint)
+                if checkpoint:
+                    run.update(status="running", iteration=target, slices=[r["checkpoint"] for r in results])
+                    store.write_run(run)  # from here on, this checkpoint is the one to resume from
+                    store.remove_checkpoints_except(results[0]["checkpoint"].rsplit("/", 1)[0])
+                bar.update(target - t)
+                losses = [r["loss"] for r in results if r["loss"] is not None]
+                if losses:
+                    bar.set_postfix(mmd2=f"{statistics.fmean(losses):.4g}")
+                t = target
+        states = pool.call("state")
+    finally:
+        pool.stop()
+    return {"images": torch.cat([s["images"] for s in states]), "class_names": infos[0]["class_names"],
+            "history": [(tt, [v for s in states for v in s["losses"][k].tolist()])
+                        for k, tt in enumerate(states[0]["times"])]}
+
+
+def evaluate_all(cfg: DictConfig, images, labels, backend: str, device, progress: bool) -> tuple[list, dict]:
+    test = load_split(cfg.data, "test")
+    settings = EvalSettings.from_config(cfg)
+    jobs = [{"arch": a, "run": r, "seed": derive_seed(cfg.seed, "eval-run", r)}
+            for a in cfg.eval.archs for r in range(cfg.eval.runs)]
+    if backend == "ray":
+        from pipeline.ray_backend import evaluate_remote
+        log(f"evaluating: {len(jobs)} Ray tasks")
+        results = evaluate_remote(jobs, images, labels, test, settings, cfg)
+    else:
+        results = [train_and_test(images, labels, test, j["arch"], settings, j["seed"], device, progress=progress)
+                   for j in jobs]
+    evals, curves = [], {}
+    for arch in cfg.eval.archs:
+        mine = [r for j, r in zip(jobs, results, strict=True) if j["arch"] == arch]
+        for k, r in enumerate(mine):
+            log(f"eval {arch} run {k + 1}/{len(mine)}: last-epoch accuracy {100 * r.accuracy:.2f}% ({r.seconds:.0f}s)")
+        curves[arch] = [r.curve for r in mine]
+        accs = [r.accuracy for r in mine]
+        evals.append({"arch": arch, "epochs": cfg.eval.epochs, "runs": accs, "seeds": [r.seed for r in mine],
+                      "accuracy_mean": statistics.fmean(accs), "accuracy_std": statistics.pstdev(accs),
+                      "best_epoch_accuracy_mean": statistics.fmean(r.best_accuracy for r in mine),
+                      "seconds": [r.seconds for r in mine]})
+    return evals, curves
+
+
+def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
+    """Condense (or resume), merge, evaluate and write the run directory; returns the summary."""
+    device = pick_device(cfg.device)
+    run_url = storage.join(cfg.out_dir, cfg.run_name)
+    store = RunStore(run_url)
+    run = store.read_run()
+    if run is not None:
+        store.check_compatible(run, cfg)
+        if run["status"] == "finished" and not cfg.reevaluate:
+            log(f"{run_url} finished earlier; nothing to do (reevaluate=true evaluates its synthetic set again)")
+            return outputs.read_json(storage.join(run_url, "summary.json"))
+    else:
+        run = {"status": "running", "iteration": 0, "iterations": cfg.iterations, "slices": [],
+               "fingerprint": fingerprint(cfg), "condensation_config": condensation_config(cfg)}
+    outputs.write_config(storage.join(run_url, "config.yaml"), cfg)
+    log(f"{cfg.preset}: method={cfg.method} kernel={cfg.kernel} ipc={cfg.ipc} factor={cfg.factor} -> {run_url}")
+    backend, workers = resolve_backend(cfg)
+    start = time.perf_counter()
+    history: list = []
+    if run["status"] in ("condensed", "finished"):
+        syn = outputs.load_synthetic(storage.join(run_url, "synthetic.pt"))
+        stored, labels, factor, names = syn["images"], syn["labels"], syn["factor"], syn["class_names"]
+        history = [(t, [v]) for t, v in run.get("loss_curve", [])]
+        log(f"condensed earlier; evaluating {storage.join(run_url, 'synthetic.pt')}")
+    else:
+        if cfg.method == "m3d":
+            if run["iteration"] == 0:
+                store.write_run(run)
+            merged = condense_slices(cfg, store, run, backend, workers, progress)
+            stored, history, factor, names = merged["images"], merged["history"], cfg.factor, merged["class_names"]
+            labels = torch.arange(cfg.data.num_classes).repeat_interleave(cfg.ipc)
+        else:  # random real images: the selection baseline, stored without multi-formation
+            classes = list(range(cfg.data.num_classes))
+            pool = open_class_pool(cfg.data, classes, device, log=log, progress=progress)
+            stored, labels = random_real(pool, classes, cfg.ipc, cfg.seed)
+            factor, names = 1, pool.class_names
+        outputs.save_synthetic(storage.join(run_url, "synthetic.pt"), stored, labels, factor, names)
+        run.update(status="condensed", condense_seconds=time.perf_counter() - start,
+                   loss_curve=[[t, sum(v) / len(v)] for t, v in history])
+        store.write_run(run)
+    images, train_labels = decode(stored, factor), labels.repeat_interleave(factor * factor)
+    outputs.plot_grid(storage.join(run_url, "grid.png"), images, train_labels, names)
+    summary = {"preset": cfg.preset, "method": cfg.method, "ipc": cfg.ipc, "factor": factor, "kernel": cfg.kernel,
+               "estimator": cfg.estimator, "update_mode": cfg.update_mode,
+               "iterations": cfg.iterations if cfg.method == "m3d" else 0, "seed": cfg.seed, "device": str(device),
+               "backend": backend, "workers": workers, "condense_seconds": run.get("condense_seconds"),
+               "final_loss": float(torch.tensor(history[-1][1]).mean()) if history else None,
+               "loss_curve": [[t, sum(v) / len(v)] for t, v in history]}
+    curves: dict = {}
+    if cfg.eval.runs > 0:
+        evals, curves = evaluate_all(cfg, images, train_labels, backend, device, progress)
+        summary["eval"], summary["evals"] = evals[0], evals
+        e = evals[0]
+        log(f"{e['arch']}: {100 * e['accuracy_mean']:.2f} ± {100 * e['accuracy_std']:.2f}% "
+            f"(last epoch, {cfg.eval.runs} runs)")
+    outputs.plot_curves(storage.join(run_url, "curves.png"), history, curves)
+    outputs.write_json(storage.join(run_url, "summary.json"), summary)
+    run["status"] = "finished"
+    store.write_run(run)
+    log(f"wrote {run_url}")
+    return summary
+

@@ -1,0 +1,129 @@
+"""Ray placement for the driver: one actor per worker (a GPU each when the cluster has them,
+fractional CPUs otherwise), evaluation as tasks, resource checks that fail fast."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from pipeline.worker import ClassWorker
+
+# Forwarded from the driver's environment into every actor and task, so that credentials and
+# endpoints given to the command (e.g. AWS_ENDPOINT_URL for MinIO) reach the workers.
+FORWARDED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+                 "AWS_REGION", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_MAX_ATTEMPTS", "GOOGLE_APPLICATION_CREDENTIALS",
+                 "TQDM_DISABLE")
+
+
+class ResourceError(RuntimeError):
+    """The Ray cluster lacks what the run asks for."""
+
+
+class WorkerError(RuntimeError):
+    """A worker failed for good; the message names its classes and its last error."""
+
+
+def init(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True,
+             configure_logging=False)
+
+
+def cluster_gpus(wait_s: float, needed: int) -> float:
+    """GPUs in the cluster, waiting up to ``wait_s`` for ``needed`` of them (autoscaling)."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus >= needed or time.monotonic() >= deadline:
+            return gpus
+        time.sleep(2)
+
+
+def actor_resources(cfg, workers: int) -> dict[str, Any]:
+    """num_cpus/num_gpus per actor; ResourceError (at once, not a silent hang) if the cluster
+    cannot place ``workers`` of them."""
+    import ray
+
+    want_gpu = cfg.device == "cuda"
+    gpus = cluster_gpus(cfg.ray.wait_for_gpus_s if want_gpu else 0, workers if want_gpu else 0)
+    if want_gpu and gpus < workers:
+        raise ResourceError(f"device=cuda with workers={workers} needs {workers} GPUs, the Ray cluster has {gpus:g} "
+                            f"(resources: {ray.cluster_resources()}); set workers={int(gpus)} or device=cpu")
+    if cfg.device == "auto" and 0 < gpus < workers:
+        raise ResourceError(f"workers={workers} but the Ray cluster has {gpus:g} GPUs; set workers={int(gpus)} "
+                            "(one per GPU) or device=cpu")
+    use_gpu = want_gpu or (cfg.device == "auto" and gpus >= workers)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if workers * cfg.ray.worker_cpus > cpus:
+        raise ResourceError(f"workers={workers} x ray.worker_cpus={cfg.ray.worker_cpus} needs "
+                            f"{workers * cfg.ray.worker_cpus:g} CPUs, the Ray cluster has {cpus:g}")
+    return {"num_cpus": cfg.ray.worker_cpus, "num_gpus": 1 if use_gpu else 0}
+
+
+class RayWorkers:
+    """The workers as Ray actors; ``call`` runs a method on all of them concurrently."""
+
+    def __init__(self, cfg, cfg_dict: dict, splits: list[list[int]], run_url: str):
+        import ray
+
+        res = actor_resources(cfg, len(splits))
+        remote = ray.remote(ClassWorker).options(
+            **res, max_restarts=cfg.ray.max_restarts, max_task_retries=cfg.ray.max_restarts,
+            scheduling_strategy="SPREAD")
+        self.splits = splits
+        self.actors = [remote.remote(cfg_dict, s, run_url, f"worker {i}") for i, s in enumerate(splits)]
+        self.gpu = bool(res["num_gpus"])
+
+    def call(self, method: str, *args) -> list[Any]:
+        import ray
+
+        refs = [getattr(a, method).remote(*args) for a in self.actors]
+        out = []
+        for i, ref in enumerate(refs):
+            try:
+                out.append(ray.get(ref))
+            except ray.exceptions.RayTaskError as e:
+                cause = e.cause if getattr(e, "cause", None) is not None else e
+                raise WorkerError(f"worker {i} (classes {_span(self.splits[i])}) failed: "
+                                  f"{type(cause).__name__}: {cause}") from None
+            except ray.exceptions.RayActorError as e:
+                raise WorkerError(f"worker {i} (classes {_span(self.splits[i])}) died and could not be restarted "
+                                  f"(ray.max_restarts exhausted); last error: {e}") from None
+        return out
+
+    def stop(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+
+
+def _span(classes: list[int]) -> str:
+    return f"{classes[0]}..{classes[-1]}" if len(classes) > 1 else str(classes[0])
+
+
+def evaluate_remote(jobs: list[dict], images, labels, test, settings, cfg) -> list:
+    """Run ``train_and_test`` for each job as a Ray task (a GPU each when the cluster has them)."""
+    import ray
+
+    gpu = cfg.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
+    if cfg.device == "cuda" and not gpu:
+        raise ResourceError("device=cuda but the Ray cluster has no GPU for evaluation tasks")
+    task = ray.remote(_evaluate_one).options(num_cpus=cfg.ray.eval_cpus, num_gpus=1 if gpu else 0)
+    refs = dict(images=ray.put(images), labels=ray.put(labels), test=ray.put(test))
+    futures = [task.remote(refs["images"], refs["labels"], refs["test"], j["arch"], settings, j["seed"],
+                           cfg.device) for j in jobs]
+    return ray.get(futures)
+
+
+def _evaluate_one(images, labels, test, arch, settings, seed, device_name):
+    from pipeline.evaluate import train_and_test
+    from pipeline.worker import pick_device
+
+    return train_and_test(images, labels, test, arch, settings, seed, pick_device(device_name), progress=False)

@@ -1,0 +1,81 @@
+"""One condensation worker: the synthetic images of a slice of the classes, stepped by the
+engine and checkpointed. The in-process backend calls it directly; the Ray backend wraps it
+in an actor (pipeline/ray_backend.py). It restores itself from the run's last complete
+checkpoint when it starts, so a restarted actor continues without the driver's help."""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+from pipeline.checkpoint import RunStore
+from pipeline.data import open_class_pool
+from pipeline.engine import Condenser, EngineSettings
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+class ClassWorker:
+    """Owns ``classes`` (sorted global indices) of the run configured by ``cfg`` (a plain dict)."""
+
+    def __init__(self, cfg: dict, classes: list[int], run_url: str, log_prefix: str = ""):
+        self.cfg = OmegaConf.create(cfg)
+        self.classes = sorted(int(c) for c in classes)
+        self.device = pick_device(self.cfg.device)
+        self.store = RunStore(run_url)
+        self.prefix = log_prefix
+        pool = open_class_pool(self.cfg.data, self.classes, self.device, progress=False)
+        self.condenser = Condenser(EngineSettings.from_config(self.cfg), pool, self.classes, self.device)
+        self.times: list[int] = []
+        self.losses: list[torch.Tensor] = []
+        self.restored_from = 0
+        run = self.store.read_run()
+        if run and run.get("iteration", 0) > 0:
+            self._restore(run)
+
+    def _restore(self, run: dict) -> None:
+        state = self.store.restore(run, self.classes)
+        self.condenser.load_state_dict({k: state[k] for k in ("images", "momentum", "iteration", "classes")})
+        self.times = list(state["times"])
+        self.losses = list(state["losses"]) if len(state["times"]) else []
+        self.restored_from = state["iteration"]
+
+    def info(self) -> dict:
+        return {"classes": self.classes, "iteration": self.condenser.iteration, "restored_from": self.restored_from,
+                "device": str(self.device), "pid": os.getpid(), "host": os.uname().nodename,
+                "class_names": self.condenser.pool.class_names}
+
+    def run_until(self, target: int, checkpoint: bool) -> dict:
+        """Step to iteration ``target``; write this slice's checkpoint there if ``checkpoint``.
+        Returns the iteration reached, the checkpoint's path (or None), the mean loss of the
+        last step and the seconds spent."""
+        start, last = time.perf_counter(), None
+        c = self.condenser
+        while c.iteration < target:
+            t = c.iteration
+            losses = c.step()
+            last = losses
+            if t % self.cfg.log_every == 0 or c.iteration == self.cfg.iterations:
+                self.times.append(t)
+                self.losses.append(losses)
+        rel = self.save() if checkpoint else None
+        return {"iteration": c.iteration, "checkpoint": rel, "seconds": time.perf_counter() - start,
+                "loss": None if last is None else float(last.mean())}
+
+    def save(self) -> str:
+        return self.store.save_slice(self.condenser.iteration, self.classes, self.state())
+
+    def state(self) -> dict:
+        losses = torch.stack(self.losses) if self.losses else torch.zeros(0, len(self.classes))
+        return {"classes": self.classes, "iteration": self.condenser.iteration, "images": self.condenser.images.cpu(),
+                "momentum": self.condenser.momentum.cpu(), "times": list(self.times), "losses": losses}
+
+
