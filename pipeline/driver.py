@@ -150,7 +150,6 @@ def evaluate_all(cfg: DictConfig, images, labels, backend: str, device, progress
 
 def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
     """Condense (or resume), merge, evaluate and write the run directory; returns the summary."""
-    device = pick_device(cfg.device)
     run_url = storage.join(cfg.out_dir, cfg.run_name)
     store = RunStore(run_url)
     run = store.read_run()
@@ -165,6 +164,9 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
     outputs.write_config(storage.join(run_url, "config.yaml"), cfg)
     log(f"{cfg.preset}: method={cfg.method} kernel={cfg.kernel} ipc={cfg.ipc} factor={cfg.factor} -> {run_url}")
     backend, workers = resolve_backend(cfg)
+    # Driver-side work (the random baseline, in-process evaluation) runs here; under Ray the
+    # GPUs belong to the actors and tasks, and the head node may have none.
+    device = pick_device(cfg.device) if backend == "local" else torch.device("cpu")
     start = time.perf_counter()
     history: list = []
     if run["status"] in ("condensed", "finished"):
@@ -192,7 +194,7 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
     outputs.plot_grid(storage.join(run_url, "grid.png"), images, train_labels, names)
     summary = {"preset": cfg.preset, "method": cfg.method, "ipc": cfg.ipc, "factor": factor, "kernel": cfg.kernel,
                "estimator": cfg.estimator, "update_mode": cfg.update_mode,
-               "iterations": cfg.iterations if cfg.method == "m3d" else 0, "seed": cfg.seed, "device": str(device),
+               "iterations": cfg.iterations if cfg.method == "m3d" else 0, "seed": cfg.seed, "device": cfg.device,
                "backend": backend, "workers": workers, "condense_seconds": run.get("condense_seconds"),
                "final_loss": float(torch.tensor(history[-1][1]).mean()) if history else None,
                "loss_curve": [[t, sum(v) / len(v)] for t, v in history]}

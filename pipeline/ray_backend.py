@@ -93,8 +93,10 @@ class RayWorkers:
                 raise WorkerError(f"worker {i} (classes {_span(self.splits[i])}) failed: "
                                   f"{type(cause).__name__}: {cause}") from None
             except ray.exceptions.RayActorError as e:
-                raise WorkerError(f"worker {i} (classes {_span(self.splits[i])}) died and could not be restarted "
-                                  f"(ray.max_restarts exhausted); last error: {e}") from None
+                if getattr(e, "actor_init_failed", False):  # raised in __init__, e.g. reading its shards
+                    raise WorkerError(f"worker {i} (classes {_span(self.splits[i])}) failed: {_last_error(e)}") from None
+                raise WorkerError(f"worker {i} (classes {_span(self.splits[i])}) died and was restarted "
+                                  f"ray.max_restarts times; last error: {_last_error(e)}") from None
         return out
 
     def stop(self) -> None:
@@ -102,6 +104,17 @@ class RayWorkers:
 
         for a in self.actors:
             ray.kill(a, no_restart=True)
+
+
+def _last_error(e: Exception) -> str:
+    """The ``Type: message`` line of the original exception inside a Ray error's text."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    raised = [ln for ln in lines if ln.split(":", 1)[0].replace(".", "").replace("_", "").isalnum()
+              and ln.split(":", 1)[0].endswith(("Error", "Exception")) and ":" in ln]
+    if not raised:
+        return lines[-1] if lines else type(e).__name__
+    kind, message = raised[-1].split(":", 1)
+    return f"{kind.rsplit('.', 1)[-1]}:{message}"  # pipeline.data.shards.ShardError -> ShardError
 
 
 def _span(classes: list[int]) -> str:

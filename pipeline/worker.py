@@ -5,6 +5,7 @@ checkpoint when it starts, so a restarted actor continues without the driver's h
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import torch
@@ -40,6 +41,8 @@ class ClassWorker:
         run = self.store.read_run()
         if run and run.get("iteration", 0) > 0:
             self._restore(run)
+            print(f"[m3d] {log_prefix or 'worker'} (classes {self.classes[0]}..{self.classes[-1]}): restored from "
+                  f"the checkpoint of iteration {self.restored_from}", file=sys.stderr, flush=True)
 
     def _restore(self, run: dict) -> None:
         state = self.store.restore(run, self.classes)
@@ -50,7 +53,7 @@ class ClassWorker:
 
     def info(self) -> dict:
         return {"classes": self.classes, "iteration": self.condenser.iteration, "restored_from": self.restored_from,
-                "device": str(self.device), "pid": os.getpid(), "host": os.uname().nodename,
+                "device": str(self.device), "pid": os.getpid(), "host": os.uname().nodename, "node": _node_id(),
                 "class_names": self.condenser.pool.class_names}
 
     def run_until(self, target: int, checkpoint: bool) -> dict:
@@ -79,3 +82,15 @@ class ClassWorker:
                 "momentum": self.condenser.momentum.cpu(), "times": list(self.times), "losses": losses}
 
 
+
+
+def _node_id() -> str:
+    """The Ray node this worker runs on (the host name outside Ray)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except ImportError:
+        pass
+    return os.uname().nodename

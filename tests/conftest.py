@@ -81,3 +81,36 @@ def s3_bucket(s3_server, request) -> str:
     name = f"t-{uuid.uuid4().hex[:12]}"
     fsspec.filesystem("s3").mkdir(name)
     return f"s3://{name}"
+
+
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+os.environ.update(RAY_ENV)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """A real Ray head on 127.0.0.1 (`ray start --head`), with the job-submission API; yields
+    (GCS address, dashboard URL). Stopped at the end of the session."""
+    import subprocess
+    import sys
+
+    gcs, dash = free_port(), free_port()
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    env = {**os.environ, **RAY_ENV}
+    subprocess.run([*ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=4",
+                    "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dash}", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True, timeout=120)
+    yield f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
+    import ray as ray_module
+
+    ray_module.shutdown()
+    subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True, timeout=120)

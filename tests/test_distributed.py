@@ -1,0 +1,145 @@
+"""The Ray pipeline on a real local Ray head: N-worker equality, killed actors and drivers,
+resume, resource errors, failing workers, job submission and a multi-node cluster."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import RAY_ENV, REPO, synthetic_classes, write_npz
+
+from pipeline.cli import main
+
+TINY = ["encoder.width=16", "batch_real=16", "eval.runs=0", "log_every=5", "device=cpu"]
+
+
+def _synthetic(out, name):
+    return torch.load(out / name / "synthetic.pt", weights_only=True)["images"]
+
+
+def _ray(address, workers, *extra):
+    return ["backend=ray", f"workers={workers}", f"ray.address={address}", *extra]
+
+
+def _cmd(tmp_path, name, address, *extra):
+    return [sys.executable, str(REPO / "pipeline" / "run.py"), "digits", f"out_dir={tmp_path}", f"run_name={name}",
+            *TINY, *_ray(address, 2), *extra]
+
+
+def _wait_for_checkpoint(run_dir, at_least, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        try:
+            run = json.loads((run_dir / "run.json").read_text())
+            if run["iteration"] >= at_least:
+                return run["iteration"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"no checkpoint at {at_least} in {run_dir}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_head, tmp_path_factory):
+    """The reference result: 60 iterations, 2 workers, no interruption."""
+    out = tmp_path_factory.mktemp("straight")
+    assert main(["digits", f"out_dir={out}", "run_name=ref", "iterations=60", *TINY,
+                 *_ray(ray_head[0], 2)]) == 0
+    return _synthetic(out, "ref")
+
+
+def test_one_two_and_three_workers_give_a_bit_identical_synthetic_set(ray_head, tmp_path, uninterrupted):
+    for n in (1, 3):
+        assert main(["digits", f"out_dir={tmp_path}", f"run_name=w{n}", "iterations=60", *TINY,
+                     *_ray(ray_head[0], n)]) == 0
+        assert torch.equal(_synthetic(tmp_path, f"w{n}"), uninterrupted), f"{n} workers differ from 2"
+    summary = json.loads((tmp_path / "w3" / "summary.json").read_text())
+    assert summary["backend"] == "ray" and summary["workers"] == 3
+    assert len(summary["loss_curve"]) == 13  # t = 0, 5, ..., 55 and the last, 59
+
+
+def test_sigkilled_actor_is_restarted_from_its_checkpoint_and_the_run_ends_identical(ray_head, tmp_path,
+                                                                                      uninterrupted):
+    import ray
+    from ray.util.state import list_actors
+
+    proc = subprocess.Popen(_cmd(tmp_path, "k", ray_head[0], "iterations=60", "checkpoint_every=10"),
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **RAY_ENV})
+    _wait_for_checkpoint(tmp_path / "k", 10, proc)
+    if not ray.is_initialized():
+        ray.init(address=ray_head[0])
+    victims = [a for a in list_actors(filters=[("state", "=", "ALIVE")], address=ray_head[0])
+               if a.class_name == "ClassWorker"]
+    assert victims, "no live worker actor found"
+    os.kill(victims[0].pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "restored from the checkpoint of iteration" in err
+    assert torch.equal(_synthetic(tmp_path, "k"), uninterrupted)
+
+
+def test_sigkilled_driver_rerun_resumes_from_the_last_checkpoint_and_ends_identical(ray_head, tmp_path,
+                                                                                    uninterrupted):
+    cmd = _cmd(tmp_path, "d", ray_head[0], "iterations=60", "checkpoint_every=10")
+    env = {**os.environ, **RAY_ENV}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    _wait_for_checkpoint(tmp_path / "d", 20, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (tmp_path / "d" / "synthetic.pt").exists()
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resumed at iteration" in rerun.stderr
+    assert torch.equal(_synthetic(tmp_path, "d"), uninterrupted)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and "finished earlier; nothing to do" in again.stderr
+
+
+def test_asking_for_gpus_the_cluster_lacks_fails_within_seconds(ray_head, tmp_path, capsys):
+    start = time.monotonic()
+    assert main(["digits", f"out_dir={tmp_path}", "run_name=g", *TINY[:-1], "device=cuda",
+                 *_ray(ray_head[0], 2)]) == 2
+    assert "needs 2 GPUs, the Ray cluster has 0" in capsys.readouterr().err
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "g" / "summary.json").exists()
+
+
+def test_a_failing_worker_is_reported_with_its_classes_and_error(ray_head, tmp_path, capsys):
+    from pipeline.data.prepare import PrepareOptions, prepare
+
+    write_npz(tmp_path / "src", "train", synthetic_classes(num_classes=4, per_class=10))
+    write_npz(tmp_path / "src", "test", synthetic_classes(num_classes=4, per_class=2))
+    m = prepare(str(tmp_path / "src"), str(tmp_path / "ds"), PrepareOptions(progress=False), log=lambda m: None)
+    shard = tmp_path / "ds" / m.shards("train", 3)[0].shard
+    shard.write_bytes(shard.read_bytes()[:700])
+    assert main(["custom", f"data.root={tmp_path / 'ds'}", f"out_dir={tmp_path}", "run_name=f", "ipc=1",
+                 "iterations=4", *TINY, *_ray(ray_head[0], 2)]) == 2
+    err = capsys.readouterr().err
+    assert "worker 1 (classes 2..3) failed: ShardError" in err and str(shard) in err
+    run = json.loads((tmp_path / "f" / "run.json").read_text())
+    assert run["status"] == "running" and run["iteration"] == 0
+    assert not (tmp_path / "f" / "synthetic.pt").exists()
+
+
+def test_evaluation_runs_as_ray_tasks(ray_head, tmp_path):
+    assert main(["digits", f"out_dir={tmp_path}", "run_name=e", "iterations=4", "encoder.width=16",
+                 "batch_real=16", "eval.runs=2", "eval.epochs=2", "eval.test_every=1", "device=cpu",
+                 *_ray(ray_head[0], 1)]) == 0
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert len(summary["eval"]["runs"]) == 2 and summary["backend"] == "ray"
+
+
+def test_ray_job_submit_of_a_small_preset_to_the_local_head(ray_head, tmp_path):
+    env = {**os.environ, **RAY_ENV}
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    proc = subprocess.run([ray_cli, "job", "submit", "--address", ray_head[1], "--working-dir", str(REPO), "--",
+                           "python", "pipeline/run.py", "digits", f"out_dir={tmp_path}", "run_name=job",
+                           "iterations=10", *TINY, "workers=2", "backend=ray"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in (proc.stdout + proc.stderr)
+    assert (tmp_path / "job" / "synthetic.pt").exists()
