@@ -97,8 +97,9 @@ def condense_slices(cfg: DictConfig, store: RunStore, run: dict, backend: str, w
     try:
         infos = pool.call("info")
         t = min(i["iteration"] for i in infos)
-        where = sorted({f"{i['host']}:{i['device']}" for i in infos})
-        log(f"{len(splits)} worker(s) on {', '.join(where)}" + (f"; resumed at iteration {t}" if t else ""))
+        nodes, devices = {i["node"] for i in infos}, sorted({i["device"] for i in infos})
+        log(f"{len(splits)} worker(s) on {len(nodes)} node(s), {'/'.join(devices)}"
+            + (f"; resumed at iteration {t}" if t else ""))
         bar = tqdm(total=cfg.iterations, initial=t, desc=f"condense ({len(splits)} workers)", unit="it",
                    disable=not progress, dynamic_ncols=True, mininterval=1.0)
         with bar:

@@ -143,3 +143,22 @@ def test_ray_job_submit_of_a_small_preset_to_the_local_head(ray_head, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr)
     assert (tmp_path / "job" / "synthetic.pt").exists()
+
+
+def test_workers_spread_over_the_nodes_of_a_multi_node_cluster_give_the_same_set(tmp_path, uninterrupted, capsys):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()  # leave the session's head; connect to a cluster of three raylets instead
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        assert main(["digits", f"out_dir={tmp_path}", "run_name=multi", "iterations=60", *TINY,
+                     *_ray(cluster.address, 2)]) == 0
+        assert "2 worker(s) on 2 node(s)" in capsys.readouterr().err
+        assert torch.equal(_synthetic(tmp_path, "multi"), uninterrupted)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

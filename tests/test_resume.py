@@ -1,0 +1,74 @@
+"""Checkpoints and resume without Ray (backend=local), with the run directory on local disk
+or on S3: a rerun continues exactly, skips finished work, and refuses a changed config."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import fsspec
+import torch
+from conftest import REPO
+
+from pipeline.cli import main
+from pipeline.data import storage
+
+TINY = ["encoder.width=16", "batch_real=16", "log_every=5", "device=cpu", "workers=1"]
+
+
+def _args(out, name, *extra):
+    return ["digits", f"out_dir={out}", f"run_name={name}", *TINY, *extra]
+
+
+def _images(url):
+    import io
+    return torch.load(io.BytesIO(storage.read_bytes(url)), weights_only=True)["images"]
+
+
+def test_rerun_of_a_finished_run_does_nothing_unless_asked_to_reevaluate(tmp_path, capsys):
+    args = _args(tmp_path, "r", "iterations=5", "eval.runs=1", "eval.epochs=1")
+    assert main(args) == 0
+    first = json.loads((tmp_path / "r" / "summary.json").read_text())
+    mtime = (tmp_path / "r" / "synthetic.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "finished earlier; nothing to do" in capsys.readouterr().err
+    assert (tmp_path / "r" / "synthetic.pt").stat().st_mtime_ns == mtime
+    assert main([*args, "reevaluate=true", "eval.runs=2"]) == 0
+    err = capsys.readouterr().err
+    assert "condensed earlier; evaluating" in err and "eval convnet3 run 2/2" in err
+    second = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert len(second["eval"]["runs"]) == 2 and second["eval"]["runs"][0] == first["eval"]["runs"][0]
+
+
+def test_rerun_with_a_different_condensation_config_is_refused_naming_the_keys(tmp_path, capsys):
+    assert main(_args(tmp_path, "c", "iterations=3", "eval.runs=0")) == 0
+    assert main(_args(tmp_path, "c", "iterations=3", "eval.runs=0", "ipc=2", "lr=0.5")) == 2
+    err = capsys.readouterr().err
+    assert "run.json: this run was started with a different config (differs in: ipc, lr)" in err
+
+
+def test_sigkilled_local_run_with_its_run_directory_on_s3_resumes_to_the_identical_set(tmp_path, s3_bucket):
+    assert main(_args(s3_bucket, "straight", "iterations=40", "eval.runs=0")) == 0
+    cmd = [sys.executable, str(REPO / "pipeline" / "run.py"),
+           *_args(s3_bucket, "killed", "iterations=40", "eval.runs=0", "checkpoint_every=10")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    fs = fsspec.filesystem("s3")
+    run_json = f"{s3_bucket}/killed/run.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        if fs.exists(run_json) and json.loads(fs.cat(run_json))["iteration"] >= 10:
+            break
+        fs.invalidate_cache()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resumed at iteration" in rerun.stderr
+    assert torch.equal(_images(f"{s3_bucket}/killed/synthetic.pt"), _images(f"{s3_bucket}/straight/synthetic.pt"))
+    fs.invalidate_cache()
+    assert [p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket}/killed/checkpoints")] == ["it0000040"]
+    assert json.loads(fs.cat(run_json))["status"] == "finished"
