@@ -102,6 +102,7 @@ def condense_slices(cfg: DictConfig, store: RunStore, run: dict, backend: str, w
             + (f"; resumed at iteration {t}" if t else ""))
         bar = tqdm(total=cfg.iterations, initial=t, desc=f"condense ({len(splits)} workers)", unit="it",
                    disable=not progress, dynamic_ncols=True, mininterval=1.0)
+        loop_start, loop_from = time.perf_counter(), t
         with bar:
             while t < cfg.iterations:
                 target, checkpoint = _next_stop(t, cfg)
@@ -115,10 +116,12 @@ def condense_slices(cfg: DictConfig, store: RunStore, run: dict, backend: str, w
                 if losses:
                     bar.set_postfix(mmd2=f"{statistics.fmean(losses):.4g}")
                 t = target
+        loop_seconds = time.perf_counter() - loop_start
         states = pool.call("state")
     finally:
         pool.stop()
     return {"images": torch.cat([s["images"] for s in states]), "class_names": infos[0]["class_names"],
+            "it_per_s": (cfg.iterations - loop_from) / loop_seconds if loop_seconds > 0 else None,
             "history": [(tt, [v for s in states for v in s["losses"][k].tolist()])
                         for k, tt in enumerate(states[0]["times"])]}
 
@@ -181,14 +184,16 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
                 store.write_run(run)
             merged = condense_slices(cfg, store, run, backend, workers, progress)
             stored, history, factor, names = merged["images"], merged["history"], cfg.factor, merged["class_names"]
+            it_per_s = merged["it_per_s"]
             labels = torch.arange(cfg.data.num_classes).repeat_interleave(cfg.ipc)
         else:  # random real images: the selection baseline, stored without multi-formation
             classes = list(range(cfg.data.num_classes))
             pool = open_class_pool(cfg.data, classes, device, log=log, progress=progress)
             stored, labels = random_real(pool, classes, cfg.ipc, cfg.seed)
-            factor, names = 1, pool.class_names
+            factor, names, it_per_s = 1, pool.class_names, None
         outputs.save_synthetic(storage.join(run_url, "synthetic.pt"), stored, labels, factor, names)
         run.update(status="condensed", condense_seconds=time.perf_counter() - start,
+                   condense_it_per_s=it_per_s,
                    loss_curve=[[t, sum(v) / len(v)] for t, v in history])
         store.write_run(run)
     images, train_labels = decode(stored, factor), labels.repeat_interleave(factor * factor)
@@ -197,6 +202,7 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
                "estimator": cfg.estimator, "update_mode": cfg.update_mode,
                "iterations": cfg.iterations if cfg.method == "m3d" else 0, "seed": cfg.seed, "device": cfg.device,
                "backend": backend, "workers": workers, "condense_seconds": run.get("condense_seconds"),
+               "condense_it_per_s": run.get("condense_it_per_s"),  # steady state: after workers started
                "final_loss": float(torch.tensor(history[-1][1]).mean()) if history else None,
                "loss_curve": [[t, sum(v) / len(v)] for t, v in history]}
     curves: dict = {}

@@ -27,3 +27,14 @@ def test_data_throughput_reports_decode_rates_and_engine_feeding_times(tmp_path)
     for key in ("png32_local_img_per_s", "png32_s3_img_per_s", "jpeg224_local_img_per_s", "jpeg224_s3_img_per_s",
                 "engine_s_per_it_cache", "engine_s_per_it_stream_local", "engine_s_per_it_stream_s3"):
         assert result[key] > 0, key
+
+
+def test_workers_throughput_reports_local_and_ray_rates_and_the_ray_overhead(tmp_path):
+    out = tmp_path / "w.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.workers_throughput", "--iterations", "4", "--workers", "1",
+                           "--out", str(out), "encoder.width=16", "batch_real=16"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["local_1thread_it_per_s"] > 0 and result["ray_1workers_it_per_s"] > 0
+    assert "ray_overhead_ms_per_it" in result
