@@ -27,7 +27,10 @@ def init(address: str | None) -> None:
     import ray
 
     if ray.is_initialized():
-        return
+        current = ray.get_runtime_context().gcs_address
+        if address in (None, "auto") or address.removeprefix("ray://") == current:
+            return
+        ray.shutdown()  # connected elsewhere (an earlier run in this process): switch to the asked cluster
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True,
              configure_logging=False)

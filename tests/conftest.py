@@ -102,15 +102,16 @@ def ray_head(tmp_path_factory):
     import subprocess
     import sys
 
-    gcs, dash = free_port(), free_port()
+    import ray as ray_module
+
+    ray_module.shutdown()  # an in-process Ray started by an earlier test would hold the default ports
+    gcs, dash, agent = free_port(), free_port(), free_port()
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
     env = {**os.environ, **RAY_ENV}
     subprocess.run([*ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=4",
                     "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dash}", "--disable-usage-stats"],
+                    f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats"],
                    check=True, env=env, capture_output=True, timeout=120)
     yield f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
-    import ray as ray_module
-
     ray_module.shutdown()
     subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True, timeout=120)

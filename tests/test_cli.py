@@ -134,7 +134,7 @@ def test_missing_or_mismatched_npz_gives_an_error_naming_the_file(tmp_path, caps
 @pytest.mark.skipif(not (SHARED_DATA / "mnist" / "train.npz").exists(), reason="../shared/data not present")
 def test_mnist_preset_runs_on_the_shared_npz(tmp_path):
     args = ["mnist", f"data.root={SHARED_DATA / 'mnist'}", f"out_dir={tmp_path}", "run_name=m", "ipc=1",
-            "batch_real=16", "encoder.width=16", "iterations=3", "eval.runs=0"]
+            "batch_real=16", "encoder.width=16", "iterations=3", "eval.runs=0", "workers=1"]
     assert main(args) == 0
     syn = torch.load(tmp_path / "m" / "synthetic.pt", weights_only=True)
     assert syn["images"].shape == (10, 1, 28, 28) and syn["class_names"][0] == "0"

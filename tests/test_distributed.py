@@ -136,10 +136,14 @@ def test_evaluation_runs_as_ray_tasks(ray_head, tmp_path):
 def test_ray_job_submit_of_a_small_preset_to_the_local_head(ray_head, tmp_path):
     env = {**os.environ, **RAY_ENV}
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-    proc = subprocess.run([ray_cli, "job", "submit", "--address", ray_head[1], "--working-dir", str(REPO), "--",
-                           "python", "pipeline/run.py", "digits", f"out_dir={tmp_path}", "run_name=job",
-                           "iterations=10", *TINY, "workers=2", "backend=ray"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    cmd = [ray_cli, "job", "submit", "--address", ray_head[1], "--working-dir", str(REPO), "--",
+           "python", "pipeline/run.py", "digits", f"out_dir={tmp_path}", "run_name=job", "iterations=10", *TINY,
+           "workers=2", "backend=ray"]
+    for _ in range(10):  # the head's job agent can take a while to register ("try again later")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        if "No available agent to submit job" not in proc.stderr:
+            break
+        time.sleep(6)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr)
     assert (tmp_path / "job" / "synthetic.pt").exists()
