@@ -115,3 +115,8 @@ def ray_head(tmp_path_factory):
     yield f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
     ray_module.shutdown()
     subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``runs_last`` go to the end: `ray down` stops every Ray process on the machine."""
+    items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
