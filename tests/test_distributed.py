@@ -82,6 +82,25 @@ def test_sigkilled_actor_is_restarted_from_its_checkpoint_and_the_run_ends_ident
     assert torch.equal(_synthetic(tmp_path, "k"), uninterrupted)
 
 
+def test_actor_that_dies_more_often_than_allowed_is_reported_with_its_classes(ray_head, tmp_path):
+    import ray
+    from ray.util.state import list_actors
+
+    if not ray.is_initialized():
+        ray.init(address=ray_head[0])
+    proc = subprocess.Popen(_cmd(tmp_path, "x", ray_head[0], "iterations=60", "checkpoint_every=10",
+                                 "ray.max_restarts=0"), stderr=subprocess.PIPE, text=True, env={**os.environ, **RAY_ENV})
+    _wait_for_checkpoint(tmp_path / "x", 10, proc)
+    victims = [a for a in list_actors(filters=[("state", "=", "ALIVE")], address=ray_head[0])
+               if a.class_name == "ClassWorker"]
+    os.kill(victims[0].pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2
+    assert "died and was restarted ray.max_restarts times" in err and "(classes " in err
+    assert json.loads((tmp_path / "x" / "run.json").read_text())["status"] == "running"
+    assert not (tmp_path / "x" / "synthetic.pt").exists()
+
+
 def test_sigkilled_driver_rerun_resumes_from_the_last_checkpoint_and_ends_identical(ray_head, tmp_path,
                                                                                     uninterrupted):
     cmd = _cmd(tmp_path, "d", ray_head[0], "iterations=60", "checkpoint_every=10")
