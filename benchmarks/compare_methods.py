@@ -9,12 +9,11 @@ benchmarks/results/compare_<preset>.jsonl) and a table is printed.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 
+from benchmarks.record import append, git_commit
 from pipeline.cli import run
 from pipeline.config import load_config
 
@@ -22,14 +21,6 @@ from pipeline.config import load_config
 # the same step is lr * std^2 ~ 0.1 for these datasets (std ~ 0.3). The linear kernel's gradient
 # is orders of magnitude larger than the Gaussian's, so M3D's lr 1 would saturate DM's pixels.
 METHODS = {"random": ["method=random"], "dm": ["kernel=linear", "lr=0.1"], "m3d": ["kernel=gaussian"]}
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main() -> None:
@@ -57,8 +48,7 @@ def main() -> None:
                "overrides": args.overrides, "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
                "commit": git_commit()}
         rows.append(row)
-        with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append(out, row)
     print("\n| method | IPC | iterations | accuracy (last epoch, %) | condense s |")
     print("|---|---|---|---|---|")
     for r in rows:

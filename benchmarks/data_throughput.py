@@ -10,10 +10,7 @@ stdout line, the same JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -22,11 +19,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from benchmarks.record import RESULTS as RESULTS_DIR
+from benchmarks.record import machine, report
 from pipeline.data import ClassPool, ClassShardReader, DataSpec, StreamingClassPool
 from pipeline.data.prepare import PrepareOptions, prepare
 from pipeline.engine import Condenser, EngineSettings
 
-RESULTS = Path(__file__).parent / "results" / "data_throughput.jsonl"
+RESULTS = RESULTS_DIR / "data_throughput.jsonl"
 
 
 def photo_like(n: int, size: int, seed: int) -> np.ndarray:
@@ -92,8 +91,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="m3d-bench-"))
     server = start_s3()
     quiet = dict(log=lambda m: None)
-    result = {"benchmark": "data_throughput", "machine": f"{platform.node()} {platform.machine()} "
-              f"{os.cpu_count()} cpus", "torch": torch.__version__, "torch_threads": 1}
+    result = {"benchmark": "data_throughput", "machine": machine(), "torch": torch.__version__, "torch_threads": 1}
     cases = {"png32": (10, args.png_images // 10, 32, "png"), "jpeg224": (4, args.jpeg_images // 4, 224, "jpeg")}
     for name, (classes, per_class, size, fmt) in cases.items():
         src = write_source(tmp / name / "src", classes, per_class, size)
@@ -114,19 +112,9 @@ def main() -> None:
     for mode, pool in pools.items():
         result[f"engine_s_per_it_{mode}"] = round(engine_seconds_per_iteration(pool, 10, args.iterations), 4)
     result["engine_shape"] = "cifar10-like 10 classes x 32 px, ipc 1, factor 2, real batch 64, convnet3"
-    try:
-        result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                          cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        pass
     if server:
         server.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(json.dumps(result) + "\n")
-    for k, v in result.items():
-        print(f"{k:>32}: {v}")
-    print(json.dumps(result))
+    report(args.out, result)
 
 
 if __name__ == "__main__":

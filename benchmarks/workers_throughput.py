@@ -12,19 +12,18 @@ object as the last stdout line.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import subprocess
 import tempfile
 from pathlib import Path
 
 import torch
 
+from benchmarks.record import RESULTS as RESULTS_DIR
+from benchmarks.record import machine, report
 from pipeline.cli import run
 from pipeline.config import load_config
 
-RESULTS = Path(__file__).parent / "results" / "workers_throughput.jsonl"
+RESULTS = RESULTS_DIR / "workers_throughput.jsonl"
 
 
 def it_per_s(preset: str, overrides: list[str], out: str, name: str) -> float:
@@ -46,7 +45,7 @@ def main() -> None:
     out = tempfile.mkdtemp(prefix="m3d-workers-")
     threads = torch.get_num_threads()
     result = {"benchmark": "workers_throughput", "preset": args.preset, "iterations": args.iterations,
-              "overrides": args.overrides, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+              "overrides": args.overrides, "machine": machine(),
               "torch": torch.__version__}
     torch.set_num_threads(1)
     result["local_1thread_it_per_s"] = it_per_s(args.preset, [*base, "workers=1", "backend=local"], out, "l1")
@@ -58,14 +57,7 @@ def main() -> None:
     if ray1:
         result["ray_overhead_ms_per_it"] = round(1000 * (1 / ray1 - 1 / local1), 2)
     result = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
-    result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                      cwd=Path(__file__).parent).stdout.strip()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(json.dumps(result) + "\n")
-    for k, v in result.items():
-        print(f"{k:>28}: {v}")
-    print(json.dumps(result))
+    report(args.out, result)
 
 
 if __name__ == "__main__":
