@@ -181,9 +181,12 @@ class Condenser:
 
 
 def condense(condenser: Condenser, iterations: int, log_every: int = 1,
-             on_log: Callable[[int, torch.Tensor], None] | None = None, progress: bool = True) -> list[tuple[int, list[float]]]:
+             on_log: Callable[[int, torch.Tensor], None] | None = None, progress: bool = True,
+             last: int | None = None) -> list[tuple[int, list[float]]]:
     """Step ``condenser`` until it has done ``iterations`` in all; returns [(t, per-class losses)]
-    every ``log_every`` iterations. A tqdm bar shows the iteration and the mean loss."""
+    for every ``log_every``-th iteration and the run's last one (``last``, default
+    ``iterations``: a worker that runs in chunks passes the run's total). A tqdm bar shows the
+    iteration and the mean loss."""
     from tqdm.auto import tqdm
 
     history = []
@@ -193,7 +196,7 @@ def condense(condenser: Condenser, iterations: int, log_every: int = 1,
         while condenser.iteration < iterations:
             t = condenser.iteration
             losses = condenser.step()
-            if t % log_every == 0 or condenser.iteration == iterations:
+            if t % log_every == 0 or condenser.iteration == (last or iterations):
                 history.append((t, losses.tolist()))
                 bar.set_postfix(mmd2=f"{losses.mean().item():.4g}")
                 if on_log is not None:

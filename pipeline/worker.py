@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from pipeline.checkpoint import RunStore
 from pipeline.data import open_class_pool
-from pipeline.engine import Condenser, EngineSettings
+from pipeline.engine import Condenser, EngineSettings, condense
 
 
 def pick_device(name: str) -> torch.device:
@@ -58,20 +58,16 @@ class ClassWorker:
 
     def run_until(self, target: int, checkpoint: bool) -> dict:
         """Step to iteration ``target``; write this slice's checkpoint there if ``checkpoint``.
-        Returns the iteration reached, the checkpoint's path (or None), the mean loss of the
-        last step and the seconds spent."""
-        start, last = time.perf_counter(), None
-        c = self.condenser
-        while c.iteration < target:
-            t = c.iteration
-            losses = c.step()
-            last = losses
-            if t % self.cfg.log_every == 0 or c.iteration == self.cfg.iterations:
-                self.times.append(t)
-                self.losses.append(losses)
+        Returns the iteration reached, the checkpoint's path (or None), the mean loss last
+        logged and the seconds spent."""
+        start = time.perf_counter()
+        history = condense(self.condenser, target, self.cfg.log_every, progress=False, last=self.cfg.iterations)
+        for t, losses in history:
+            self.times.append(t)
+            self.losses.append(torch.tensor(losses))
         rel = self.save() if checkpoint else None
-        return {"iteration": c.iteration, "checkpoint": rel, "seconds": time.perf_counter() - start,
-                "loss": None if last is None else float(last.mean())}
+        return {"iteration": self.condenser.iteration, "checkpoint": rel, "seconds": time.perf_counter() - start,
+                "loss": sum(history[-1][1]) / len(history[-1][1]) if history else None}
 
     def save(self) -> str:
         return self.store.save_slice(self.condenser.iteration, self.classes, self.state())
