@@ -26,6 +26,7 @@ CHOICES = {
     "data.source": ("auto", "shards", "npz", "digits"),
     "data.cache": ("auto", "device", "host", "stream"),
     "backend": ("auto", "local", "ray"),
+    "compile": ("auto", True, False),
 }
 # Keys a preset may leave null for the manifest of a prepared dataset to fill (preset custom).
 FROM_MANIFEST = ("data.num_classes", "data.channels", "data.image_size", "data.mean", "data.std")
@@ -68,7 +69,8 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the key for any value outside its valid set or range."""
     for key, allowed in CHOICES.items():
         if OmegaConf.select(cfg, key) not in allowed:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r} is not valid; choose one of: {', '.join(allowed)}")
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r} is not valid; choose one of: "
+                              f"{', '.join(str(a).lower() if isinstance(a, bool) else a for a in allowed)}")
     for key in FROM_MANIFEST:
         if OmegaConf.select(cfg, key) is None and cfg.data.source in ("npz", "digits"):
             raise ConfigError(f"{key} is null: only a prepared dataset (data.source=shards) can fill it in")

@@ -124,3 +124,13 @@ def test_classes_with_fewer_images_than_the_real_batch_are_handled(tiny_data):
     data.images, data.labels = data.images[keep], data.labels[keep]
     ours = Condenser(s, ClassPool.from_labeled(data, range(4)), range(4))
     assert ours.step().shape == (4,)
+
+
+def test_compiled_encoder_gives_the_eager_result_within_float_rounding(tiny_data):
+    eager = Condenser(settings(), ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    compiled = Condenser(settings(compile=True), ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    for _ in range(5):  # crosses an encoder change (ipm 2): the compiled graph takes the new weights
+        torch.testing.assert_close(compiled.step(), eager.step(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled.images, eager.images, rtol=0, atol=1e-4)
+    assert not torch.equal(compiled.images, Condenser(settings(), ClassPool.from_labeled(tiny_data, range(4)),
+                                                      range(4)).images)  # the images did move
