@@ -10,6 +10,7 @@ from pipeline.config import ConfigError, list_presets, load_config, validate
 from pipeline.data import ManifestError, ShardError, StorageError
 from pipeline.data.loading import resolve_dataset
 from pipeline.driver import run_pipeline
+from pipeline.memory import MemoryBudgetError
 from pipeline.ray_backend import ResourceError, WorkerError
 
 USAGE = """usage: python pipeline/run.py PRESET [key=value ...]
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(argv[0], argv[1:])
         run(cfg)
-    except (ConfigError, ManifestError, ShardError, StorageError, ResumeError, ResourceError, WorkerError,
+    except (ConfigError, ManifestError, ShardError, StorageError, ResumeError, ResourceError, WorkerError, MemoryBudgetError,
             FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

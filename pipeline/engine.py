@@ -35,6 +35,7 @@ from kernels import mmd2
 from models import NUM_UNIFORMS, AugmentSpec, augment, create_model, decode, mix_init
 from pipeline.config import augment_spec
 from pipeline.data import ClassPool, DataSpec
+from pipeline.memory import classes_per_forward
 from pipeline.seeding import derive_seed, generator
 
 
@@ -55,6 +56,7 @@ class EngineSettings:
     encoder_width: int | None = None
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     compile: bool = False  # torch.compile the encoder forward (and its backward): ~2x on CPU after a one-off compile
+    chunk_classes: int = 0  # classes per forward; 0: as many as fit in memory (exact either way: per-image norm)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "EngineSettings":
@@ -62,7 +64,7 @@ class EngineSettings:
                    kernel=cfg.kernel, estimator=cfg.estimator, lr=cfg.lr, momentum=cfg.momentum,
                    batch_real=cfg.batch_real, update_mode=cfg.update_mode, seed=cfg.seed, encoder=cfg.encoder.arch,
                    encoder_width=cfg.encoder.width, augment=augment_spec(cfg.augment),
-                   compile=use_compile(cfg.compile, cfg.iterations))
+                   compile=use_compile(cfg.compile, cfg.iterations), chunk_classes=cfg.chunk_classes)
 
 
 def build_encoder(s: EngineSettings, index: int) -> torch.nn.Module:
@@ -129,6 +131,7 @@ class Condenser:
         self.iteration = 0
         self._encoder_index, self._encoder = None, None
         self._embed = embed_fn(s.compile)
+        self.chunk = classes_per_forward(s, len(self.classes), self.device, s.chunk_classes)
         # Per-row constants of the reference replay: class c (position c in the released loop's
         # class order) drifts c steps before its gradient step and C - 1 - c after it.
         mu, lr, last = s.momentum, s.lr, s.data.num_classes - 1
@@ -154,46 +157,59 @@ class Condenser:
             self._encoder = build_encoder(self.s, index).requires_grad_(False).to(self.device)
         return self._encoder
 
-    def class_losses(self, images: torch.Tensor, iteration: int) -> torch.Tensor:
+    def class_losses(self, images: torch.Tensor, iteration: int, classes: Sequence[int] | None = None) -> torch.Tensor:
         """MMD^2 per class, (len(classes),), between the real batch of ``iteration`` and
-        ``images`` (this worker's stored synthetic images). All classes share one batched forward
-        for the real images (no grad) and one for the synthetic ones."""
+        ``images`` (the stored synthetic images of ``classes``, default all of this worker's).
+        All classes share one batched forward for the real images (no grad) and one for the
+        synthetic ones."""
         s = self.s
-        real = self.pool.sample(self.classes, s.batch_real, s.seed, iteration).to(self.device)
+        classes = self.classes if classes is None else list(classes)
+        real = self.pool.sample(classes, s.batch_real, s.seed, iteration).to(self.device)
         syn = decode(images, s.factor)
-        sizes_real = self.pool.batch_sizes(self.classes, s.batch_real)
+        sizes_real = self.pool.batch_sizes(classes, s.batch_real)
         n_syn = s.ipc * s.factor**2
-        position = torch.arange(len(self.classes))
+        position = torch.arange(len(classes))
         groups_real = position.repeat_interleave(torch.tensor(sizes_real))
         groups_syn = position.repeat_interleave(n_syn)
-        u = augment_uniforms(s, iteration)[self.classes]
+        u = augment_uniforms(s, iteration)[classes]
         encoder = self.encoder(iteration)
         # Real images need no gradient: a separate no-grad forward saves the backward through
         # them and their activations. Per-image norm and per-group augmentation make the split exact.
         with torch.no_grad():
             f_real = self._embed(encoder, augment(s.data.normalize(real), u, groups_real, s.augment))
         f_syn = self._embed(encoder, augment(s.data.normalize(syn), u, groups_syn, s.augment))
-        f_syn = f_syn.view(len(self.classes), n_syn, -1)
+        f_syn = f_syn.view(len(classes), n_syn, -1)
         if len(set(sizes_real)) == 1:
-            return mmd2(f_syn, f_real.view(len(self.classes), sizes_real[0], -1), s.kernel, s.estimator)
+            return mmd2(f_syn, f_real.view(len(classes), sizes_real[0], -1), s.kernel, s.estimator)
         parts = torch.split(f_real, sizes_real)
         return torch.stack([mmd2(f_syn[i], p, s.kernel, s.estimator) for i, p in enumerate(parts)])
+
+    def losses_and_grad(self, at: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-class losses at images ``at`` and their gradient, ``self.chunk`` classes per
+        forward/backward. A class's loss depends only on its own rows, so chunking is exact and
+        bounds the activations held for the backward."""
+        rows = self.s.ipc
+        losses, grads = [], []
+        for start in range(0, len(self.classes), self.chunk):
+            part = at[start * rows:(start + self.chunk) * rows].detach().requires_grad_(True)
+            loss = self.class_losses(part, t, self.classes[start:start + self.chunk])
+            (grad,) = torch.autograd.grad(loss.sum(), part)
+            losses.append(loss.detach())
+            grads.append(grad)
+        return torch.cat(losses), torch.cat(grads)
 
     def step(self) -> torch.Tensor:
         """Run iteration ``self.iteration``; returns the per-class losses (detached, CPU)."""
         s, t = self.s, self.iteration
         if s.update_mode == "reference":
-            at = (self.images - self._pre_shift * self.momentum).requires_grad_(True)
-            losses = self.class_losses(at, t)
-            (grad,) = torch.autograd.grad(losses.sum(), at)
+            at = self.images - self._pre_shift * self.momentum
+            losses, grad = self.losses_and_grad(at, t)
             with torch.no_grad():
                 buf = self._grad_decay * self.momentum + grad
                 images = at.detach() - s.lr * buf - self._post_shift * buf
                 self.momentum = self._post_decay * buf
         elif s.update_mode == "batched":
-            at = self.images.clone().requires_grad_(True)
-            losses = self.class_losses(at, t)
-            (grad,) = torch.autograd.grad(losses.sum(), at)
+            losses, grad = self.losses_and_grad(self.images, t)
             with torch.no_grad():
                 self.momentum = s.momentum * self.momentum + grad
                 images = self.images - s.lr * self.momentum

@@ -38,3 +38,12 @@ def test_workers_throughput_reports_local_and_ray_rates_and_the_ray_overhead(tmp
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["local_1thread_it_per_s"] > 0 and result["ray_1workers_it_per_s"] > 0
     assert "ray_overhead_ms_per_it" in result
+
+
+def test_memory_benchmark_measures_a_peak_beside_the_estimate(tmp_path):
+    out = tmp_path / "m.jsonl"
+    proc = subprocess.run([sys.executable, "benchmarks/memory.py", "--configs", "2:1:16", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(proc.stdout.strip().splitlines()[-1])["rows"][0]
+    assert row["measured_mib"] >= 0 and row["estimate_mib"] >= 0 and (row["classes"], row["ipc"], row["size"]) == (2, 1, 16)

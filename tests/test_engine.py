@@ -134,3 +134,37 @@ def test_compiled_encoder_gives_the_eager_result_within_float_rounding(tiny_data
     torch.testing.assert_close(compiled.images, eager.images, rtol=0, atol=1e-4)
     assert not torch.equal(compiled.images, Condenser(settings(), ClassPool.from_labeled(tiny_data, range(4)),
                                                       range(4)).images)  # the images did move
+
+
+@pytest.mark.parametrize("mode", ["reference", "batched"])
+def test_chunked_forwards_give_the_same_synthetic_set(tiny_data, mode):
+    whole = Condenser(settings(update_mode=mode), ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    chunked = Condenser(settings(update_mode=mode, chunk_classes=1), ClassPool.from_labeled(tiny_data, range(4)),
+                        range(4))
+    assert (whole.chunk, chunked.chunk) == (4, 1)
+    for _ in range(4):
+        torch.testing.assert_close(chunked.step(), whole.step(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(chunked.images, whole.images, rtol=0, atol=1e-6)
+    torch.testing.assert_close(chunked.momentum, whole.momentum, rtol=0, atol=1e-6)
+
+
+def test_memory_decides_the_classes_per_forward_and_refuses_what_cannot_fit(tiny_data, monkeypatch):
+    from pipeline import memory
+
+    s = settings()
+    monkeypatch.setattr(memory, "free_bytes", lambda device: int(memory.step_bytes(s, 2) / memory.HEADROOM) + 1)
+    assert Condenser(s, ClassPool.from_labeled(tiny_data, range(4)), range(4)).chunk == 2
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 1000)
+    with pytest.raises(memory.MemoryBudgetError, match=r"one class needs about .* GiB per step \(ipc=2, factor=2, "
+                                                        r"batch_real=16, convnet3 at 12x12\), but cpu has 0.0 GiB usable"):
+        Condenser(s, ClassPool.from_labeled(tiny_data, range(4)), range(4))
+
+
+def test_step_memory_estimate_grows_with_classes_ipc_and_resolution():
+    from pipeline.memory import step_bytes
+
+    base = settings()
+    assert step_bytes(base, 4) > step_bytes(base, 2) > 0
+    assert step_bytes(settings(ipc=4), 2) > step_bytes(base, 2)
+    big = settings(data=DataSpec(num_classes=4, channels=1, image_size=(24, 24), mean=(0.4,), std=(0.25,)))
+    assert step_bytes(big, 2) > 3 * step_bytes(base, 2)
