@@ -27,6 +27,7 @@ CHOICES = {
     "data.cache": ("auto", "device", "host", "stream"),
     "backend": ("auto", "local", "ray"),
     "compile": ("auto", True, False),
+    "precision": ("fp32", "bf16"),
 }
 # Keys a preset may leave null for the manifest of a prepared dataset to fill (preset custom).
 FROM_MANIFEST = ("data.num_classes", "data.channels", "data.image_size", "data.mean", "data.std")

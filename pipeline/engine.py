@@ -57,6 +57,7 @@ class EngineSettings:
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     compile: bool = False  # torch.compile the encoder forward (and its backward): ~2x on CPU after a one-off compile
     chunk_classes: int = 0  # classes per forward; 0: as many as fit in memory (exact either way: per-image norm)
+    precision: str = "fp32"  # fp32 | bf16: the encoder forwards under bf16 autocast (kernels stay fp32)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "EngineSettings":
@@ -64,7 +65,8 @@ class EngineSettings:
                    kernel=cfg.kernel, estimator=cfg.estimator, lr=cfg.lr, momentum=cfg.momentum,
                    batch_real=cfg.batch_real, update_mode=cfg.update_mode, seed=cfg.seed, encoder=cfg.encoder.arch,
                    encoder_width=cfg.encoder.width, augment=augment_spec(cfg.augment),
-                   compile=use_compile(cfg.compile, cfg.iterations), chunk_classes=cfg.chunk_classes)
+                   compile=use_compile(cfg.compile, cfg.iterations), chunk_classes=cfg.chunk_classes,
+                   precision=cfg.precision)
 
 
 def build_encoder(s: EngineSettings, index: int) -> torch.nn.Module:
@@ -175,14 +177,19 @@ class Condenser:
         encoder = self.encoder(iteration)
         # Real images need no gradient: a separate no-grad forward saves the backward through
         # them and their activations. Per-image norm and per-group augmentation make the split exact.
-        with torch.no_grad():
-            f_real = self._embed(encoder, augment(s.data.normalize(real), u, groups_real, s.augment))
-        f_syn = self._embed(encoder, augment(s.data.normalize(syn), u, groups_syn, s.augment))
+        with torch.no_grad(), self._autocast():
+            f_real = self._embed(encoder, augment(s.data.normalize(real), u, groups_real, s.augment)).float()
+        with self._autocast():
+            f_syn = self._embed(encoder, augment(s.data.normalize(syn), u, groups_syn, s.augment)).float()
         f_syn = f_syn.view(len(classes), n_syn, -1)
         if len(set(sizes_real)) == 1:
             return mmd2(f_syn, f_real.view(len(classes), sizes_real[0], -1), s.kernel, s.estimator)
         parts = torch.split(f_real, sizes_real)
         return torch.stack([mmd2(f_syn[i], p, s.kernel, s.estimator) for i, p in enumerate(parts)])
+
+    def _autocast(self):
+        """bf16 autocast of the encoder when ``precision=bf16``; the MMD stays in fp32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.s.precision == "bf16")
 
     def losses_and_grad(self, at: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-class losses at images ``at`` and their gradient, ``self.chunk`` classes per

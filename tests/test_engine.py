@@ -168,3 +168,14 @@ def test_step_memory_estimate_grows_with_classes_ipc_and_resolution():
     assert step_bytes(settings(ipc=4), 2) > step_bytes(base, 2)
     big = settings(data=DataSpec(num_classes=4, channels=1, image_size=(24, 24), mean=(0.4,), std=(0.25,)))
     assert step_bytes(big, 2) > 3 * step_bytes(base, 2)
+
+
+def test_bf16_autocast_tracks_the_fp32_losses_and_keeps_fp32_images(tiny_data):
+    fp32 = Condenser(settings(), ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    bf16 = Condenser(settings(precision="bf16"), ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    first32, first16 = fp32.step(), bf16.step()
+    torch.testing.assert_close(first16, first32, rtol=0.05, atol=0.02)  # bf16 keeps ~3 significant digits
+    assert not torch.equal(first16, first32)  # the switch does change the arithmetic
+    for _ in range(3):
+        bf16.step()
+    assert bf16.images.dtype == torch.float32 and torch.isfinite(bf16.images).all()
