@@ -33,16 +33,22 @@ class ClassWorker:
         self.device = pick_device(self.cfg.device)
         self.store = RunStore(run_url)
         self.prefix = log_prefix
-        pool = open_class_pool(self.cfg.data, self.classes, self.device, progress=False)
+        start = time.perf_counter()
+        pool = open_class_pool(self.cfg.data, self.classes, self.device, progress=False, log=self._log)
         self.condenser = Condenser(EngineSettings.from_config(self.cfg), pool, self.classes, self.device)
+        self._log(f"{sum(pool.count.values())} real images ready in {time.perf_counter() - start:.1f} s; "
+                  f"{self.condenser.chunk} classes per forward on {self.device}")
         self.times: list[int] = []
         self.losses: list[torch.Tensor] = []
         self.restored_from = 0
         run = self.store.read_run()
         if run and run.get("iteration", 0) > 0:
             self._restore(run)
-            print(f"[m3d] {log_prefix or 'worker'} (classes {self.classes[0]}..{self.classes[-1]}): restored from "
-                  f"the checkpoint of iteration {self.restored_from}", file=sys.stderr, flush=True)
+            self._log(f"restored from the checkpoint of iteration {self.restored_from}")
+
+    def _log(self, msg: str) -> None:
+        span = f"{self.classes[0]}..{self.classes[-1]}"
+        print(f"[m3d] {self.prefix or 'worker'} (classes {span}): {msg}", file=sys.stderr, flush=True)
 
     def _restore(self, run: dict) -> None:
         state = self.store.restore(run, self.classes)
