@@ -23,7 +23,7 @@ RUN_FILE = "run.json"
 # Keys that change where or how a run executes, or what is done after condensation, but not
 # the synthetic set: a run may resume with different values of these.
 NOT_IN_FINGERPRINT = ("eval", "out_dir", "run_name", "workers", "backend", "checkpoint_every", "device", "reevaluate",
-                      "chunk_classes",
+                      "chunk_classes", "diagnostics",
                       "ray", "log_every", "data.root", "data.cache", "data.cache_gb", "data.read_workers", "data.verify",
                       "data.source")
 

@@ -16,11 +16,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from models import decode
+from models import decode, mix_init
 from pipeline import outputs
-from pipeline.baselines import random_real
+from pipeline.baselines import herding, random_real
 from pipeline.checkpoint import RunStore, condensation_config, fingerprint
 from pipeline.data import load_split, open_class_pool, storage
+from pipeline.diagnostics import moment_report
+from pipeline.engine import EngineSettings
 from pipeline.evaluate import EvalSettings, train_and_test
 from pipeline.seeding import derive_seed
 from pipeline.worker import ClassWorker, pick_device
@@ -186,10 +188,13 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
             stored, history, factor, names = merged["images"], merged["history"], cfg.factor, merged["class_names"]
             it_per_s = merged["it_per_s"]
             labels = torch.arange(cfg.data.num_classes).repeat_interleave(cfg.ipc)
-        else:  # random real images: the selection baseline, stored without multi-formation
+        else:  # selection baselines: real images, stored without multi-formation
             classes = list(range(cfg.data.num_classes))
             pool = open_class_pool(cfg.data, classes, device, log=log, progress=progress)
-            stored, labels = random_real(pool, classes, cfg.ipc, cfg.seed)
+            if cfg.method == "herding":
+                stored, labels = herding(pool, classes, cfg.ipc, EngineSettings.from_config(cfg), device)
+            else:
+                stored, labels = random_real(pool, classes, cfg.ipc, cfg.seed)
             factor, names, it_per_s = 1, pool.class_names, None
         outputs.save_synthetic(storage.join(run_url, "synthetic.pt"), stored, labels, factor, names)
         run.update(status="condensed", condense_seconds=time.perf_counter() - start,
@@ -205,6 +210,10 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
                "condense_it_per_s": run.get("condense_it_per_s"),  # steady state: after workers started
                "final_loss": float(torch.tensor(history[-1][1]).mean()) if history else None,
                "loss_curve": [[t, sum(v) / len(v)] for t, v in history]}
+    if cfg.diagnostics.moments:
+        summary["moments"] = moments(cfg, images, train_labels, device)
+        log("moment gaps to the real data (mean/variance/skewness/kurtosis): " + "; ".join(
+            f"{k} " + "/".join(f"{v:.3g}" for v in g.values()) for k, g in summary["moments"].items()))
     curves: dict = {}
     if cfg.eval.runs > 0:
         evals, curves = evaluate_all(cfg, images, train_labels, backend, device, progress)
@@ -219,3 +228,17 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
     log(f"wrote {run_url}")
     return summary
 
+
+
+def moments(cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor, device) -> dict:
+    """Moment gaps of the synthetic set and of the set it started from (the first ipc * l^2 real
+    images per class, tiled as the engine initialises; for the baselines, the selection itself)."""
+    classes = list(range(cfg.data.num_classes))
+    pool = open_class_pool(cfg.data, classes, device, progress=False)
+    s = EngineSettings.from_config(cfg)
+    sets = {"synthetic": (images, labels)}
+    if cfg.method == "m3d":
+        per_class = cfg.ipc * cfg.factor**2
+        init = torch.cat([mix_init(pool.first(c, per_class), cfg.factor) for c in classes])
+        sets["initial"] = (decode(init, cfg.factor), labels)
+    return moment_report(sets, pool, classes, s, cfg.diagnostics.encoders, cfg.diagnostics.real_per_class, device)

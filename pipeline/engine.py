@@ -69,11 +69,12 @@ class EngineSettings:
                    precision=cfg.precision)
 
 
-def build_encoder(s: EngineSettings, index: int) -> torch.nn.Module:
-    """The random encoder number ``index`` (= t // ipm). Built on the CPU under its own seed so
-    that every worker and every device gets the same weights."""
+def build_encoder(s: EngineSettings, index: int, stream: str = "encoder") -> torch.nn.Module:
+    """The random encoder number ``index`` (= t // ipm) of ``stream`` ("encoder" for matching;
+    baselines and diagnostics draw from their own streams). Built on the CPU under its own seed
+    so that every worker and every device gets the same weights."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(s.seed, "encoder", index))
+        torch.manual_seed(derive_seed(s.seed, stream, index))
         net = create_model(s.encoder, s.data.channels, s.data.num_classes, s.data.image_size, s.encoder_width)
     return net.train()
 

@@ -86,15 +86,19 @@ class ClassPool:
     def batch_sizes(self, classes: Sequence[int], batch: int) -> list[int]:
         return [min(batch, self.count[c]) for c in classes]
 
+    def images_of(self, c: int, positions: torch.Tensor) -> torch.Tensor:
+        """Class ``c``'s images at ``positions`` (dataset order within the class), floats in [0, 1]."""
+        return self._gather([(c, positions)])
+
     def first(self, c: int, n: int) -> torch.Tensor:
         """The first ``n`` images of class ``c`` in dataset order, floats in [0, 1]."""
         self._need(c, n)
-        return self._gather([(c, torch.arange(n))])
+        return self.images_of(c, torch.arange(n))
 
     def random_subset(self, c: int, n: int, seed: int) -> torch.Tensor:
         """``n`` distinct images of class ``c`` chosen from ``(seed, "subset", c)``."""
         self._need(c, n)
-        return self._gather([(c, torch.randperm(self.count[c], generator=generator(seed, "subset", c))[:n])])
+        return self.images_of(c, torch.randperm(self.count[c], generator=generator(seed, "subset", c))[:n])
 
 
 class StreamingClassPool(ClassPool):

@@ -1,0 +1,56 @@
+"""Herding selection and the moment diagnostics (paper Table 1)."""
+import json
+
+import torch
+from conftest import synthetic_classes
+
+from pipeline.baselines import herding, herding_order
+from pipeline.cli import main
+from pipeline.data import ClassPool, DataSpec
+from pipeline.diagnostics import moment_report
+from pipeline.engine import EngineSettings
+
+SPEC = DataSpec(num_classes=4, channels=1, image_size=(12, 12), mean=(0.4,), std=(0.25,))
+
+
+def test_herding_keeps_the_running_mean_closer_to_the_class_mean_than_random_picks():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(500, 16, generator=g) * torch.linspace(0.2, 3, 16)
+    order = herding_order(f, 10)
+    assert len(set(order)) == 10
+    assert order[0] == int((f - f.mean(0)).pow(2).sum(1).argmin())  # the first pick is the point nearest the mean
+    herded = (f[order].mean(0) - f.mean(0)).norm()
+    random = torch.stack([(f[torch.randperm(500, generator=g)[:10]].mean(0) - f.mean(0)).norm() for _ in range(50)])
+    assert herded < random.min()
+
+
+def test_herding_returns_ipc_real_images_per_class(tiny_data):
+    pool = ClassPool.from_labeled(tiny_data, range(4))
+    images, labels = herding(pool, range(4), 3, EngineSettings(data=SPEC, encoder_width=16), torch.device("cpu"))
+    assert images.shape == (12, 1, 12, 12) and labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    real = (tiny_data.images.float() / 255).flatten(1)
+    assert all(((real - img.flatten()).abs().sum(1) < 1e-6).any() for img in images)  # each is a real image
+
+
+def test_moment_gaps_are_small_for_real_images_and_large_for_noise(tiny_data):
+    pool = ClassPool.from_labeled(tiny_data, range(4))
+    held_out = synthetic_classes(num_classes=4, per_class=40, seed=9)
+    noise = torch.rand(160, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    sets = {"real": (held_out.images.float() / 255, held_out.labels), "noise": (noise, held_out.labels)}
+    gaps = moment_report(sets, pool, range(4), EngineSettings(data=SPEC, encoder_width=16), encoders=2,
+                         real_per_class=40, device=torch.device("cpu"))
+    assert set(gaps["real"]) == {"mean", "variance", "skewness", "kurtosis"}
+    assert gaps["real"]["mean"] < 0.5 * gaps["noise"]["mean"]
+    assert gaps["real"]["variance"] < gaps["noise"]["variance"]
+
+
+def test_herding_method_and_moment_diagnostics_in_a_run(tmp_path):
+    common = [f"out_dir={tmp_path}", "eval.runs=0", "encoder.width=16", "diagnostics.encoders=1"]
+    assert main(["digits", "method=herding", "run_name=h", *common]) == 0
+    h = json.loads((tmp_path / "h" / "summary.json").read_text())
+    syn = torch.load(tmp_path / "h" / "synthetic.pt", weights_only=True)
+    assert h["method"] == "herding" and syn["images"].shape[0] == 10 and syn["factor"] == 1
+    assert set(h["moments"]) == {"synthetic"}
+    assert main(["digits", "run_name=m", "iterations=20", "batch_real=16", *common]) == 0
+    m = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert set(m["moments"]) == {"synthetic", "initial"} and m["moments"]["synthetic"]["mean"] > 0
