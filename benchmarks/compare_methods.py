@@ -20,7 +20,8 @@ from pipeline.config import load_config
 # DM's released setting is lr 1 on images stored *normalised*; we store pixels in [0, 1], where
 # the same step is lr * std^2 ~ 0.1 for these datasets (std ~ 0.3). The linear kernel's gradient
 # is orders of magnitude larger than the Gaussian's, so M3D's lr 1 would saturate DM's pixels.
-METHODS = {"random": ["method=random"], "dm": ["kernel=linear", "lr=0.1"], "m3d": ["kernel=gaussian"]}
+METHODS = {"random": ["method=random"], "herding": ["method=herding"], "dm": ["kernel=linear", "lr=0.1"],
+           "m3d": ["kernel=gaussian"]}
 
 
 def main() -> None:
@@ -28,7 +29,7 @@ def main() -> None:
     ap.add_argument("preset")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default="random,dm,m3d")
     args = ap.parse_args()
     out = args.out or Path(__file__).parent / "results" / f"compare_{args.preset}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -150,6 +150,7 @@ def evaluate_all(cfg: DictConfig, images, labels, backend: str, device, progress
         evals.append({"arch": arch, "epochs": cfg.eval.epochs, "runs": accs, "seeds": [r.seed for r in mine],
                       "accuracy_mean": statistics.fmean(accs), "accuracy_std": statistics.pstdev(accs),
                       "best_epoch_accuracy_mean": statistics.fmean(r.best_accuracy for r in mine),
+                      "best_epoch_runs": [r.best_accuracy for r in mine],  # selected on the test set (reference)
                       "seconds": [r.seconds for r in mine]})
     return evals, curves
 

@@ -47,3 +47,22 @@ def test_memory_benchmark_measures_a_peak_beside_the_estimate(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads(proc.stdout.strip().splitlines()[-1])["rows"][0]
     assert row["measured_mib"] >= 0 and row["estimate_mib"] >= 0 and (row["classes"], row["ipc"], row["size"]) == (2, 1, 16)
+
+
+def test_reproduce_grid_writes_one_row_per_cell_and_eval_run_and_skips_finished_cells(tmp_path):
+    import pyarrow.parquet as pq
+
+    cmd = [sys.executable, "benchmarks/reproduce.py", "--presets", "digits", "--ipc", "1", "--methods", "random,herding",
+           "--seeds", "0", "--out", str(tmp_path), "eval.runs=2", "eval.epochs=2", "eval.test_every=1",
+           "encoder.width=16", "diagnostics.moments=false"]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = pq.read_table(tmp_path / "results.parquet").to_pylist()
+    assert sorted((r["method"], r["eval_run"]) for r in rows) == [("herding", 0), ("herding", 1), ("random", 0),
+                                                                   ("random", 1)]
+    assert {"dataset", "ipc", "arch", "seed", "accuracy", "accuracy_best_epoch", "condense_seconds", "eval_seconds",
+            "iterations", "epochs", "machine", "commit"} <= set(rows[0])
+    assert all(r["accuracy_best_epoch"] >= r["accuracy"] for r in rows)
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert again.returncode == 0 and again.stderr.count("[grid] skip") == 2
+    assert pq.read_table(tmp_path / "results.parquet").num_rows == 4
