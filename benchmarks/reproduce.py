@@ -30,6 +30,7 @@ from benchmarks.record import RESULTS, git_commit, machine  # noqa: E402
 from pipeline.cli import run  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data import storage  # noqa: E402
+from pipeline.report import grid_report  # noqa: E402
 
 KEY = ("dataset", "ipc", "method", "seed", "protocol")
 
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[grid] {preset} ipc {ipc} {method} seed {seed}", file=sys.stderr, flush=True)
                     rows += cell_rows(run(cfg, progress=False), cell, cfg)
                     write_rows(table, rows)  # after every cell: an interrupted grid loses at most one cell
-    print(f"[grid] {len(rows)} rows in {table}", file=sys.stderr)
+    storage.write_bytes_atomic(storage.join(args.out, "report.html"), grid_report(rows).encode())
+    print(f"[grid] {len(rows)} rows in {table}; report: {storage.join(args.out, 'report.html')}", file=sys.stderr)
     return 0
 
 

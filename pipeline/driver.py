@@ -24,6 +24,7 @@ from pipeline.data import load_split, open_class_pool, storage
 from pipeline.diagnostics import moment_report
 from pipeline.engine import EngineSettings
 from pipeline.evaluate import EvalSettings, train_and_test
+from pipeline.report import write_run_report
 from pipeline.seeding import derive_seed
 from pipeline.worker import ClassWorker, pick_device
 
@@ -224,6 +225,7 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
             f"(last epoch, {cfg.eval.runs} runs)")
     outputs.plot_curves(storage.join(run_url, "curves.png"), history, curves)
     outputs.write_json(storage.join(run_url, "summary.json"), summary)
+    write_run_report(run_url, summary)
     run["status"] = "finished"
     store.write_run(run)
     log(f"wrote {run_url}")

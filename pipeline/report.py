@@ -1,0 +1,116 @@
+"""Self-contained HTML reports (images embedded, no scripts): one per run, one per grid.
+
+Our accuracies are last-epoch means ± std; the paper's numbers (configs/reference/paper.yaml)
+are best-epoch and are labelled so.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import statistics
+from importlib import resources
+
+import yaml
+
+from pipeline.data import storage
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #bbb;padding:4px 10px;text-align:right}
+th{background:#eee}td.l,th.l{text-align:left}img{max-width:100%;border:1px solid #ddd}
+.note{color:#555;font-size:90%}"""
+
+
+def paper_numbers() -> dict:
+    return yaml.safe_load(resources.files("configs").joinpath("reference/paper.yaml").read_text())
+
+
+def paper_accuracy(preset: str, ipc: int, arch: str) -> float | None:
+    """The paper's M3D accuracy for this dataset, IPC and evaluation architecture, if published."""
+    paper = paper_numbers()
+    if arch != "convnet3" and ipc == 10 and preset in paper["cross_architecture"]:
+        return paper["cross_architecture"][preset].get(arch)
+    return paper.get(arch, {}).get(preset, {}).get(ipc)
+
+
+def _table(header: list[str], rows: list[list], caption: str = "") -> str:
+    def cell(tag: str, i: int, v) -> str:
+        left = ' class="l"' if i == 0 else ""  # the first column holds names: left-aligned
+        return f"<{tag}{left}>{html.escape(str(v))}</{tag}>"
+
+    head = "".join(cell("th", i, h) for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<tr>{head}</tr>{body}</table>"
+
+
+def _img(url: str, alt: str) -> str:
+    try:
+        data = base64.b64encode(storage.read_bytes(url)).decode()
+    except FileNotFoundError:
+        return f"<p class='note'>({html.escape(alt)} not available)</p>"
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.2f}"
+
+
+def run_report(run_url: str, summary: dict) -> str:
+    """The HTML report of one run directory (its summary.json, grid.png and curves.png)."""
+    s = summary
+    parts = [_table(["setting", "value"], [[k, s.get(k)] for k in ("preset", "method", "ipc", "factor", "kernel",
+                                                                     "update_mode", "iterations", "seed", "backend",
+                                                                     "workers", "condense_seconds")], "run")]
+    rows = []
+    for e in s.get("evals", []):
+        paper = paper_accuracy(s["preset"], s["ipc"], e["arch"]) if s["method"] == "m3d" else None
+        rows.append([e["arch"], e["epochs"], len(e["runs"]),
+                     f"{_pct(e['accuracy_mean'])} ± {_pct(e['accuracy_std'])}", _pct(e["best_epoch_accuracy_mean"]),
+                     "–" if paper is None else f"{paper:.1f}"])
+    if rows:
+        parts.append(_table(["architecture", "epochs", "runs", "ours: last epoch (%)", "ours: best epoch (%)",
+                             "paper M3D: best epoch (%)"], rows, "test accuracy"))
+        parts.append("<p class='note'>Last epoch is our number. Best epoch picks the epoch on the test set, as "
+                     "the reference code and the paper report; it is shown only for comparison.</p>")
+    if s.get("moments"):
+        orders = list(next(iter(s["moments"].values())))
+        parts.append(_table(["set", *orders], [[name, *(f"{v:.4g}" for v in g.values())]
+                                               for name, g in s["moments"].items()],
+                            "moment gaps to the real data (fresh random encoders)"))
+    parts.append("<h2>Synthetic images</h2>" + _img(storage.join(run_url, "grid.png"), "synthetic images per class"))
+    parts.append("<h2>Curves</h2>" + _img(storage.join(run_url, "curves.png"), "loss and accuracy curves"))
+    return _page(f"M3D run: {s['preset']} {s['method']} IPC {s['ipc']}", "".join(parts))
+
+
+def grid_report(rows: list[dict]) -> str:
+    """The HTML report of a result grid: per dataset and IPC, each method's last-epoch accuracy
+    (mean ± std over seeds and evaluation runs, ConvNet-3 or the first architecture), with the
+    paper's M3D number."""
+    methods = sorted({r["method"] for r in rows}, key=["random", "herding", "dm", "m3d"].index)
+    cells: dict = {}
+    for r in rows:
+        cells.setdefault((r["dataset"], r["ipc"], r["arch"]), {}).setdefault(r["method"], []).append(r["accuracy"])
+    table = []
+    for (dataset, ipc, arch), by_method in sorted(cells.items()):
+        line = [dataset, ipc, arch]
+        for m in methods:
+            accs = by_method.get(m, [])
+            line.append("–" if not accs else f"{100 * statistics.fmean(accs):.2f} ± {100 * statistics.pstdev(accs):.2f}")
+        paper = paper_accuracy(dataset, ipc, arch)
+        table.append([*line, "–" if paper is None else f"{paper:.1f}"])
+    body = _table(["dataset", "IPC", "architecture", *[f"{m}: last epoch (%)" for m in methods],
+                   "paper M3D: best epoch (%)"], table, "test accuracy, mean ± std over seeds and evaluation runs")
+    protocols = sorted({r["protocol"] for r in rows})
+    body += "<p class='note'>Protocol (overrides): " + html.escape(" | ".join(protocols) or "preset defaults") + "</p>"
+    return _page("M3D result grid", body)
+
+
+def write_run_report(run_url: str, summary: dict) -> str:
+    url = storage.join(run_url, "report.html")
+    storage.write_bytes_atomic(url, run_report(run_url, summary).encode())
+    return url
