@@ -14,17 +14,16 @@ from typing import Sequence
 import torch
 
 from kernels import mmd2
-from models import augment, decode, mix_init
+from models import augment, decode
 from pipeline.data import ClassPool
-from pipeline.engine import EngineSettings, augment_uniforms, build_encoder
+from pipeline.engine import EngineSettings, augment_uniforms, build_encoder, initial_images
 
 
 class ReferenceLoop:
     def __init__(self, settings: EngineSettings, pool: ClassPool, classes: Sequence[int], device: str = "cpu"):
         s = self.s = settings
         self.pool, self.classes, self.device = pool, list(classes), torch.device(device)
-        per_class = s.ipc * s.factor**2
-        init = torch.cat([mix_init(pool.first(c, per_class), s.factor) for c in self.classes]).to(self.device)
+        init = initial_images(pool, self.classes, s.ipc, s.factor).to(self.device)
         self.images = init.requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=s.lr, momentum=s.momentum)
         self.iteration = 0

@@ -16,13 +16,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from models import decode, mix_init
+from models import decode
 from pipeline import outputs
 from pipeline.baselines import herding, random_real
 from pipeline.checkpoint import RunStore, condensation_config, fingerprint
 from pipeline.data import load_split, open_class_pool, storage
 from pipeline.diagnostics import moment_report
-from pipeline.engine import EngineSettings
+from pipeline.engine import EngineSettings, initial_images
 from pipeline.evaluate import EvalSettings, train_and_test
 from pipeline.report import write_run_report
 from pipeline.seeding import derive_seed
@@ -68,9 +68,7 @@ class LocalWorkers:
     """The in-process backend: the same ClassWorker, called directly."""
 
     def __init__(self, cfg_dict: dict, splits: list[list[int]], run_url: str):
-        self.splits = splits
         self.workers = [ClassWorker(cfg_dict, s, run_url) for s in splits]
-        self.gpu = False
 
     def call(self, method: str, *args) -> list:
         return [getattr(w, method)(*args) for w in self.workers]
@@ -177,6 +175,7 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
     device = pick_device(cfg.device) if backend == "local" else torch.device("cpu")
     start = time.perf_counter()
     history: list = []
+    pool = None  # the driver's own pool of real images, when a baseline needed one
     if run["status"] in ("condensed", "finished"):
         syn = outputs.load_synthetic(storage.join(run_url, "synthetic.pt"))
         stored, labels, factor, names = syn["images"], syn["labels"], syn["factor"], syn["class_names"]
@@ -200,8 +199,7 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
             factor, names, it_per_s = 1, pool.class_names, None
         outputs.save_synthetic(storage.join(run_url, "synthetic.pt"), stored, labels, factor, names)
         run.update(status="condensed", condense_seconds=time.perf_counter() - start,
-                   condense_it_per_s=it_per_s,
-                   loss_curve=[[t, sum(v) / len(v)] for t, v in history])
+                   condense_it_per_s=it_per_s, loss_curve=[[t, sum(v) / len(v)] for t, v in history])
         store.write_run(run)
     images, train_labels = decode(stored, factor), labels.repeat_interleave(factor * factor)
     outputs.plot_grid(storage.join(run_url, "grid.png"), images, train_labels, names)
@@ -211,9 +209,9 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
                "backend": backend, "workers": workers, "condense_seconds": run.get("condense_seconds"),
                "condense_it_per_s": run.get("condense_it_per_s"),  # steady state: after workers started
                "final_loss": float(torch.tensor(history[-1][1]).mean()) if history else None,
-               "loss_curve": [[t, sum(v) / len(v)] for t, v in history]}
+               "loss_curve": run.get("loss_curve", [])}
     if cfg.diagnostics.moments:
-        summary["moments"] = moments(cfg, images, train_labels, device)
+        summary["moments"] = moments(cfg, images, train_labels, device, pool)
         log("moment gaps to the real data (mean/variance/skewness/kurtosis): " + "; ".join(
             f"{k} " + "/".join(f"{v:.3g}" for v in g.values()) for k, g in summary["moments"].items()))
     curves: dict = {}
@@ -232,16 +230,14 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
     return summary
 
 
-
-def moments(cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor, device) -> dict:
-    """Moment gaps of the synthetic set and of the set it started from (the first ipc * l^2 real
-    images per class, tiled as the engine initialises; for the baselines, the selection itself)."""
+def moments(cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor, device, pool=None) -> dict:
+    """Moment gaps of the synthetic set and of the set it started from (for M3D/DM the engine's
+    initial set; for the baselines, the selection itself). ``pool``: the real images, if loaded."""
     classes = list(range(cfg.data.num_classes))
-    pool = open_class_pool(cfg.data, classes, device, progress=False)
+    if pool is None:
+        pool = open_class_pool(cfg.data, classes, device, progress=False)
     s = EngineSettings.from_config(cfg)
     sets = {"synthetic": (images, labels)}
     if cfg.method == "m3d":
-        per_class = cfg.ipc * cfg.factor**2
-        init = torch.cat([mix_init(pool.first(c, per_class), cfg.factor) for c in classes])
-        sets["initial"] = (decode(init, cfg.factor), labels)
+        sets["initial"] = (decode(initial_images(pool, classes, cfg.ipc, cfg.factor), cfg.factor), labels)
     return moment_report(sets, pool, classes, s, cfg.diagnostics.encoders, cfg.diagnostics.real_per_class, device)

@@ -110,6 +110,12 @@ def embed_fn(compiled: bool):
     return _compiled_embed
 
 
+def initial_images(pool: ClassPool, classes: Sequence[int], ipc: int, factor: int) -> torch.Tensor:
+    """The starting synthetic set (``init: mix``): per class, its first ipc * factor^2 real
+    images tiled factor x factor into ipc stored images, class-major: (len(classes) * ipc, C, H, W)."""
+    return torch.cat([mix_init(pool.first(c, ipc * factor**2), factor) for c in classes])
+
+
 def augment_uniforms(s: EngineSettings, iteration: int) -> torch.Tensor:
     """(num_classes, NUM_UNIFORMS): row c drives class c's siamese augmentation at ``iteration``."""
     return torch.rand(s.data.num_classes, NUM_UNIFORMS, generator=generator(s.seed, "augment", iteration))
@@ -128,8 +134,7 @@ class Condenser:
         self.s, self.pool, self.device = settings, pool, torch.device(device)
         self.classes = [int(c) for c in classes]
         s = settings
-        per_class = s.ipc * s.factor**2
-        self.images = torch.cat([mix_init(pool.first(c, per_class), s.factor) for c in self.classes]).to(self.device)
+        self.images = initial_images(pool, self.classes, s.ipc, s.factor).to(self.device)
         self.momentum = torch.zeros_like(self.images)
         self.iteration = 0
         self._encoder_index, self._encoder = None, None

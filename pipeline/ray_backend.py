@@ -81,7 +81,6 @@ class RayWorkers:
             scheduling_strategy="SPREAD")
         self.splits = splits
         self.actors = [remote.remote(cfg_dict, s, run_url, f"worker {i}") for i, s in enumerate(splits)]
-        self.gpu = bool(res["num_gpus"])
 
     def call(self, method: str, *args) -> list[Any]:
         import ray
