@@ -7,14 +7,17 @@ table; a rerun skips the cells the table already has.
 Overrides after the options apply to every cell (e.g. a reduced protocol: iterations=200
 eval.epochs=100 data.root=...; use {preset} in a value for the preset's name, e.g.
 data.root=../shared/data/{preset}). Runs go to DIR/runs, the table to DIR/results.parquet
-(default DIR: benchmarks/results/grid). One row per cell, architecture and evaluation run:
+(default DIR: benchmarks/results/grid). Each finished cell is also kept as DIR/cells/<cell>.parquet
+and the table is rebuilt from those, so several grid commands (e.g. one per dataset, each on
+its own cores or machine) can share one DIR. One row per cell, architecture and evaluation run:
 dataset, ipc, method, arch, seed, eval_run, accuracy (last epoch), accuracy_best_epoch
 (selected on the test set, as the reference reports), condense_seconds, eval_seconds,
-iterations, epochs, protocol (the overrides), machine, commit.
+iterations, epochs, protocol (the overrides), machine, commit, and the moment gaps (moment_*).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import os
 import sys
@@ -35,27 +38,33 @@ from pipeline.report import grid_report  # noqa: E402
 KEY = ("dataset", "ipc", "method", "seed", "protocol")
 
 
-def read_rows(path: str) -> list[dict]:
-    try:
-        return pq.read_table(io.BytesIO(storage.read_bytes(path))).to_pylist()
-    except FileNotFoundError:
-        return []
+def read_table(path: str) -> list[dict]:
+    return pq.read_table(io.BytesIO(storage.read_bytes(path))).to_pylist()
 
 
-def write_rows(path: str, rows: list[dict]) -> None:
+def write_table(path: str, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # cells differ in columns (moments of an initial set)
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buf)
+    pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows]), buf)
     storage.write_bytes_atomic(path, buf.getvalue())
 
 
+def read_cells(out: str) -> list[dict]:
+    """Every finished cell's rows under ``out/cells`` (written by any grid process sharing ``out``)."""
+    return [row for url in storage.list_files(storage.join(out, "cells"), ".parquet") for row in read_table(url)]
+
+
 def cell_rows(summary: dict, cell: dict, cfg) -> list[dict]:
-    """One row per architecture and evaluation run of a finished cell."""
+    """One row per architecture and evaluation run of a finished cell, with the moment gaps
+    (``moment_<set>_<order>``: set = synthetic, or initial for M3D/DM) when the run computed them."""
+    moments = {f"moment_{name}_{order}": gap for name, gaps in summary.get("moments", {}).items()
+               for order, gap in gaps.items()}
     rows = []
     for e in summary.get("evals", []):
         for k, (acc, best, secs) in enumerate(zip(e["runs"], e["best_epoch_runs"], e["seconds"], strict=True)):
             rows.append({**cell, "arch": e["arch"], "eval_run": k, "accuracy": acc, "accuracy_best_epoch": best,
                          "condense_seconds": summary["condense_seconds"], "eval_seconds": secs,
-                         "iterations": summary["iterations"], "epochs": e["epochs"], "factor": summary["factor"],
+                         "iterations": summary["iterations"], "epochs": e["epochs"], "factor": summary["factor"], **moments,
                          "machine": machine(), "commit": git_commit()})
     return rows
 
@@ -70,24 +79,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     table = storage.join(args.out, "results.parquet")
-    rows = read_rows(table)
-    done = {tuple(r[k] for k in KEY) for r in rows}
     protocol = " ".join(args.overrides)
     for preset in args.presets.split(","):
         for ipc in [int(v) for v in args.ipc.split(",")]:
             for method in args.methods.split(","):
                 for seed in [int(v) for v in args.seeds.split(",")]:
                     cell = {"dataset": preset, "ipc": ipc, "method": method, "seed": seed, "protocol": protocol}
+                    done = {tuple(r[k] for k in KEY) for r in read_cells(args.out)}  # other processes' cells too
                     if tuple(cell[k] for k in KEY) in done:
                         print(f"[grid] skip {preset} ipc {ipc} {method} seed {seed}: in {table}", file=sys.stderr)
                         continue
                     overrides = [o.replace("{preset}", preset) for o in args.overrides]
+                    name = f"{preset}_{method}_ipc{ipc}_s{seed}"
                     cfg = load_config(preset, [*METHODS[method], f"ipc={ipc}", f"seed={seed}",
-                                               f"out_dir={storage.join(args.out, 'runs')}",
-                                               f"run_name={preset}_{method}_ipc{ipc}_s{seed}", *overrides])
+                                               f"out_dir={storage.join(args.out, 'runs')}", f"run_name={name}", *overrides])
                     print(f"[grid] {preset} ipc {ipc} {method} seed {seed}", file=sys.stderr, flush=True)
-                    rows += cell_rows(run(cfg, progress=False), cell, cfg)
-                    write_rows(table, rows)  # after every cell: an interrupted grid loses at most one cell
+                    rows = cell_rows(run(cfg, progress=False), cell, cfg)
+                    cell_file = f"{name}_{hashlib.sha1(protocol.encode()).hexdigest()[:8]}.parquet"
+                    write_table(storage.join(args.out, "cells", cell_file), rows)
+                    write_table(table, read_cells(args.out))  # after every cell: an interruption loses one cell at most
+    rows = read_cells(args.out)
+    if rows:
+        write_table(table, rows)
     storage.write_bytes_atomic(storage.join(args.out, "report.html"), grid_report(rows).encode())
     print(f"[grid] {len(rows)} rows in {table}; report: {storage.join(args.out, 'report.html')}", file=sys.stderr)
     return 0

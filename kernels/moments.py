@@ -20,11 +20,21 @@ def feature_moments(f: torch.Tensor, eps: float = 1e-8) -> dict[str, torch.Tenso
     }
 
 
-def moment_gaps(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """L2 distance between the per-dimension moments of ``x`` (n, d) and ``y`` (m, d), per order.
+def moment_gaps(x: torch.Tensor, y: torch.Tensor, min_std_fraction: float = 0.05) -> dict[str, float]:
+    """L2 distance between the per-dimension moments of ``x`` (n, d) and the reference ``y`` (m, d),
+    per order.
 
     The first two orders are raw (mean, variance); the higher ones are standardised
-    (skewness, kurtosis), so each gap is comparable across feature scales.
+    (skewness, kurtosis), so each gap is comparable across feature scales. Standardised moments
+    of an (almost) constant dimension are ratios of rounding noise (a ReLU unit that a fresh
+    encoder leaves dead), so those orders skip the dimensions whose std in ``y`` is below
+    ``min_std_fraction`` of its median std (0 keeps every dimension).
     """
     mx, my = feature_moments(x.double()), feature_moments(y.double())
-    return {k: float(torch.linalg.vector_norm(mx[k] - my[k])) for k in MOMENT_ORDERS}
+    std = my["variance"].sqrt()
+    live = std >= min_std_fraction * std.median()
+    gaps = {}
+    for k in MOMENT_ORDERS:
+        diff = mx[k] - my[k]
+        gaps[k] = float(torch.linalg.vector_norm(diff if k in ("mean", "variance") else diff[live]))
+    return gaps

@@ -1,5 +1,5 @@
-"""Selection baselines evaluated in the same harness as condensation: random real images and
-herding on random-encoder features."""
+"""Selection baselines evaluated in the same harness as condensation: random real images,
+herding on random-encoder features, and the whole training set (the upper bound)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -16,6 +16,12 @@ def random_real(pool: ClassPool, classes: Sequence[int], ipc: int, seed: int) ->
     """``ipc`` distinct random real images per class (no factor): images (C * ipc, ...) in [0, 1], labels."""
     images = torch.cat([pool.random_subset(c, ipc, seed) for c in classes])
     return images, torch.tensor(list(classes)).repeat_interleave(ipc)
+
+
+def whole_dataset(pool: ClassPool, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every training image of ``classes``: images (N, ...) in [0, 1] (class-major), labels (N,)."""
+    images = torch.cat([pool.images_of(c, torch.arange(pool.count[c])) for c in classes])
+    return images, torch.tensor(list(classes)).repeat_interleave(torch.tensor([pool.count[c] for c in classes]))
 
 
 def herding_order(features: torch.Tensor, k: int) -> list[int]:

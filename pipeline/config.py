@@ -17,7 +17,7 @@ from models.augment import GEOMETRIC_OPS, AugmentSpec
 
 BASE = "base"
 CHOICES = {
-    "method": ("m3d", "random", "herding"),
+    "method": ("m3d", "random", "herding", "whole"),
     "device": ("auto", "cpu", "cuda"),
     "kernel": KERNELS,
     "estimator": ESTIMATORS,

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from models import decode
 from pipeline import outputs
-from pipeline.baselines import herding, random_real
+from pipeline.baselines import herding, random_real, whole_dataset
 from pipeline.checkpoint import RunStore, condensation_config, fingerprint
 from pipeline.data import load_split, open_class_pool, storage
 from pipeline.diagnostics import moment_report
@@ -46,10 +46,14 @@ def split_classes(num_classes: int, workers: int) -> list[list[int]]:
 
 
 def resolve_backend(cfg: DictConfig) -> tuple[str, int]:
-    """(backend, workers): ``workers`` null means one per GPU of the Ray cluster (else 1)."""
+    """(backend, workers). ``workers`` null means one per GPU of the Ray cluster; with no Ray
+    cluster reachable and at most one local GPU, that is one in-process worker (a Ray actor
+    there would only add start-up time and get fewer CPU threads)."""
     backend = cfg.backend
     if backend == "auto":
-        backend = "local" if cfg.workers == 1 else "ray"
+        single = cfg.workers == 1 or (cfg.workers is None and torch.cuda.device_count() <= 1
+                                      and not ray_cluster_reachable(cfg.ray.address))
+        backend = "local" if single else "ray"
     if backend == "local":
         if cfg.workers not in (None, 1):
             raise ValueError(f"backend=local runs one worker; workers={cfg.workers} needs backend=ray")
@@ -62,6 +66,23 @@ def resolve_backend(cfg: DictConfig) -> tuple[str, int]:
     import ray
 
     return "ray", max(1, int(ray.cluster_resources().get("GPU", 0)) if cfg.device != "cpu" else 1)
+
+
+def ray_cluster_reachable(address: str | None) -> bool:
+    """True if ``address`` names a cluster, or a Ray cluster runs on this machine (ray start/up)."""
+    if address is not None:
+        return True
+    import ray
+
+    if ray.is_initialized():
+        return True
+    try:
+        from pipeline import ray_backend
+
+        ray_backend.init("auto")  # connects only to a running cluster; raises if there is none
+        return True
+    except ConnectionError:
+        return False
 
 
 class LocalWorkers:
@@ -176,7 +197,7 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
     start = time.perf_counter()
     history: list = []
     pool = None  # the driver's own pool of real images, when a baseline needed one
-    if run["status"] in ("condensed", "finished"):
+    if run["status"] in ("condensed", "finished") and cfg.method != "whole":  # whole: not stored, re-read
         syn = outputs.load_synthetic(storage.join(run_url, "synthetic.pt"))
         stored, labels, factor, names = syn["images"], syn["labels"], syn["factor"], syn["class_names"]
         history = [(t, [v]) for t, v in run.get("loss_curve", [])]
@@ -194,10 +215,13 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
             pool = open_class_pool(cfg.data, classes, device, log=log, progress=progress)
             if cfg.method == "herding":
                 stored, labels = herding(pool, classes, cfg.ipc, EngineSettings.from_config(cfg), device)
+            elif cfg.method == "whole":
+                stored, labels = whole_dataset(pool, classes)
             else:
                 stored, labels = random_real(pool, classes, cfg.ipc, cfg.seed)
             factor, names, it_per_s = 1, pool.class_names, None
-        outputs.save_synthetic(storage.join(run_url, "synthetic.pt"), stored, labels, factor, names)
+        if cfg.method != "whole":  # the training set itself is not worth a copy
+            outputs.save_synthetic(storage.join(run_url, "synthetic.pt"), stored, labels, factor, names)
         run.update(status="condensed", condense_seconds=time.perf_counter() - start,
                    condense_it_per_s=it_per_s, loss_curve=[[t, sum(v) / len(v)] for t, v in history])
         store.write_run(run)
@@ -210,7 +234,7 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
                "condense_it_per_s": run.get("condense_it_per_s"),  # steady state: after workers started
                "final_loss": float(torch.tensor(history[-1][1]).mean()) if history else None,
                "loss_curve": run.get("loss_curve", [])}
-    if cfg.diagnostics.moments:
+    if cfg.diagnostics.moments and cfg.method != "whole":  # the whole set is the reference itself
         summary["moments"] = moments(cfg, images, train_labels, device, pool)
         log("moment gaps to the real data (mean/variance/skewness/kurtosis): " + "; ".join(
             f"{k} " + "/".join(f"{v:.3g}" for v in g.values()) for k, g in summary["moments"].items()))

@@ -52,11 +52,18 @@ def test_memory_benchmark_measures_a_peak_beside_the_estimate(tmp_path):
 def test_reproduce_grid_writes_one_row_per_cell_and_eval_run_and_skips_finished_cells(tmp_path):
     import pyarrow.parquet as pq
 
-    cmd = [sys.executable, "benchmarks/reproduce.py", "--presets", "digits", "--ipc", "1", "--methods", "random,herding",
-           "--seeds", "0", "--out", str(tmp_path), "eval.runs=2", "eval.epochs=2", "eval.test_every=1",
-           "encoder.width=16", "diagnostics.moments=false"]
-    first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
+    def grid(methods: str) -> list[str]:
+        return [sys.executable, "benchmarks/reproduce.py", "--presets", "digits", "--ipc", "1", "--methods", methods,
+                "--seeds", "0", "--out", str(tmp_path), "eval.runs=2", "eval.epochs=2", "eval.test_every=1",
+                "encoder.width=16", "diagnostics.moments=false"]
+
+    # two grid processes share one output folder at the same time (e.g. one per dataset or machine)
+    procs = [subprocess.Popen(grid(m), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+             for m in ("random", "herding")]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    cmd = grid("random,herding")
     rows = pq.read_table(tmp_path / "results.parquet").to_pylist()
     assert sorted((r["method"], r["eval_run"]) for r in rows) == [("herding", 0), ("herding", 1), ("random", 0),
                                                                    ("random", 1)]

@@ -108,3 +108,14 @@ def test_moment_gaps_zero_for_identical_and_per_order_for_shifted_sets():
     assert scaled["variance"] > 1.0 and scaled["skewness"] == pytest.approx(0.0, abs=1e-5)
     skewed = moment_gaps(x, x.exp())
     assert skewed["skewness"] > 1.0 and skewed["kurtosis"] > 1.0
+
+
+def test_moment_gaps_skip_dead_dimensions_for_the_standardised_orders():
+    g = torch.Generator().manual_seed(2)
+    real = torch.randn(2000, 4, generator=g)
+    real[:, 3] = 1e-4 * (2 * torch.randn(2000, generator=g)).exp()  # a nearly dead ReLU unit: tiny, wildly skewed
+    syn = torch.randn(200, 4, generator=g)
+    syn[:, 3] = 0.0
+    kept, every = moment_gaps(syn, real), moment_gaps(syn, real, min_std_fraction=0.0)
+    assert every["skewness"] > kept["skewness"] + 1.0 and every["kurtosis"] > kept["kurtosis"] + 1.0
+    assert kept["mean"] == every["mean"] and kept["variance"] == every["variance"]  # raw orders keep every dimension

@@ -71,6 +71,16 @@ def size(url: str) -> int:
     return int(retrying("reading size", url, lambda: fs.size(path)))
 
 
+def list_files(url: str, suffix: str) -> list[str]:
+    """URLs of the files directly under the folder ``url`` whose names end with ``suffix``, sorted;
+    [] if the folder does not exist. Local folders give local paths."""
+    fs, path = filesystem(url)
+    if not retrying("checking existence", url, lambda: fs.exists(path)):
+        return []
+    names = retrying("listing", url, lambda: fs.ls(path, detail=False))
+    return sorted(join(url, os.path.basename(n)) for n in names if n.endswith(suffix))
+
+
 def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
     return retrying("reading", url, lambda: fs.cat_file(path))
