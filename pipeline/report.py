@@ -20,13 +20,23 @@ th{background:#eee}td.l,th.l{text-align:left}img{max-width:100%;border:1px solid
 .note{color:#555;font-size:90%}"""
 
 
+METHOD_ORDER = ("random", "herding", "dm", "m3d", "whole")
+LABELS = {"m3d": "M3D", "dm": "DM", "whole": "whole set"}
+ORDERS = ("mean", "variance", "skewness", "kurtosis")
+
+
 def paper_numbers() -> dict:
     return yaml.safe_load(resources.files("configs").joinpath("reference/paper.yaml").read_text())
 
 
-def paper_accuracy(preset: str, ipc: int, arch: str) -> float | None:
-    """The paper's M3D accuracy for this dataset, IPC and evaluation architecture, if published."""
+def paper_accuracy(preset: str, ipc: int, arch: str, method: str = "m3d") -> float | None:
+    """The paper's accuracy for this dataset, IPC, evaluation architecture and method (m3d, the
+    Table 2 baselines random/herding/dm, or whole: the whole training set), if published."""
     paper = paper_numbers()
+    if method == "whole":
+        return paper.get(arch, {}).get(preset, {}).get("whole")
+    if method != "m3d":
+        return paper["baselines"].get(preset, {}).get(method, {}).get(ipc) if arch == "convnet3" else None
     if arch != "convnet3" and ipc == 10 and preset in paper["cross_architecture"]:
         return paper["cross_architecture"][preset].get(arch)
     return paper.get(arch, {}).get(preset, {}).get(ipc)
@@ -68,13 +78,13 @@ def run_report(run_url: str, summary: dict) -> str:
                                                                      "workers", "condense_seconds")], "run")]
     rows = []
     for e in s.get("evals", []):
-        paper = paper_accuracy(s["preset"], s["ipc"], e["arch"]) if s["method"] == "m3d" else None
+        paper = paper_accuracy(s["preset"], s["ipc"], e["arch"], method_name(s))
         rows.append([e["arch"], e["epochs"], len(e["runs"]),
                      f"{_pct(e['accuracy_mean'])} ± {_pct(e['accuracy_std'])}", _pct(e["best_epoch_accuracy_mean"]),
                      "–" if paper is None else f"{paper:.1f}"])
     if rows:
         parts.append(_table(["architecture", "epochs", "runs", "ours: last epoch (%)", "ours: best epoch (%)",
-                             "paper M3D: best epoch (%)"], rows, "test accuracy"))
+                             f"paper {LABELS.get(method_name(s), method_name(s))}: best epoch (%)"], rows, "test accuracy"))
         parts.append("<p class='note'>Last epoch is our number. Best epoch picks the epoch on the test set, as "
                      "the reference code and the paper report; it is shown only for comparison.</p>")
     if s.get("moments"):
@@ -87,27 +97,59 @@ def run_report(run_url: str, summary: dict) -> str:
     return _page(f"M3D run: {s['preset']} {s['method']} IPC {s['ipc']}", "".join(parts))
 
 
+
+
+def method_name(summary: dict) -> str:
+    """The harness's name for a run's method: M3D's engine with the linear kernel is DM."""
+    return "dm" if summary["method"] == "m3d" and summary.get("kernel") == "linear" else summary["method"]
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.pstdev(values):.2f}"
+
+
 def grid_report(rows: list[dict]) -> str:
-    """The HTML report of a result grid: per dataset and IPC, each method's last-epoch accuracy
-    (mean ± std over seeds and evaluation runs, ConvNet-3 or the first architecture), with the
-    paper's M3D number."""
-    methods = sorted({r["method"] for r in rows}, key=["random", "herding", "dm", "m3d"].index)
+    """The HTML report of a result grid: per dataset, IPC and architecture, each method's
+    last-epoch accuracy (mean ± std over seeds and evaluation runs) with the paper's number
+    beside it, then the moment gaps of each method's set (and of the initial set)."""
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    methods = sorted({r["method"] for r in rows}, key=lambda m: rank.get(m, len(rank)))
     cells: dict = {}
     for r in rows:
-        cells.setdefault((r["dataset"], r["ipc"], r["arch"]), {}).setdefault(r["method"], []).append(r["accuracy"])
+        ipc = "whole set" if r["method"] == "whole" else r["ipc"]
+        cells.setdefault((r["dataset"], ipc, r["arch"]), {}).setdefault(r["method"], []).append(r["accuracy"])
     table = []
-    for (dataset, ipc, arch), by_method in sorted(cells.items()):
+    for (dataset, ipc, arch), by_method in sorted(cells.items(), key=lambda kv: (kv[0][0], str(kv[0][1]).isalpha(),
+                                                                                 str(kv[0][1]).zfill(6), kv[0][2])):
         line = [dataset, ipc, arch]
         for m in methods:
             accs = by_method.get(m, [])
-            line.append("–" if not accs else f"{100 * statistics.fmean(accs):.2f} ± {100 * statistics.pstdev(accs):.2f}")
-        paper = paper_accuracy(dataset, ipc, arch)
-        table.append([*line, "–" if paper is None else f"{paper:.1f}"])
-    body = _table(["dataset", "IPC", "architecture", *[f"{m}: last epoch (%)" for m in methods],
-                   "paper M3D: best epoch (%)"], table, "test accuracy, mean ± std over seeds and evaluation runs")
+            paper = paper_accuracy(dataset, ipc, arch, m) if accs else None
+            line.append("–" if not accs else _mean_std(accs) + ("" if paper is None else f" ({paper:.1f})"))
+        table.append(line)
+    body = _table(["dataset", "IPC", "architecture", *methods], table,
+                  "test accuracy (%): ours at the last epoch, mean ± std over seeds and evaluation runs; "
+                  "(the paper's number: best epoch, full protocol)")
+    body += _moment_table(rows)
     protocols = sorted({r["protocol"] for r in rows})
     body += "<p class='note'>Protocol (overrides): " + html.escape(" | ".join(protocols) or "preset defaults") + "</p>"
     return _page("M3D result grid", body)
+
+
+def _moment_table(rows: list[dict]) -> str:
+    """Mean moment gaps per dataset, IPC and set (each method's result; the initial set of M3D/DM)."""
+    gaps: dict = {}
+    for r in rows:
+        for name, label in (("synthetic", r["method"]), ("initial", "initial (M3D/DM start)")):
+            if r.get(f"moment_{name}_mean") is not None:
+                key = (r["dataset"], r["ipc"], label)
+                gaps.setdefault(key, []).append([r[f"moment_{name}_{o}"] for o in ORDERS])
+    if not gaps:
+        return ""
+    table = [[d, ipc, label, *(f"{statistics.fmean(col):.4g}" for col in zip(*v))]
+             for (d, ipc, label), v in sorted(gaps.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2]))]
+    return _table(["dataset", "IPC", "set", *ORDERS], table,
+                  "moment gaps to the real data under fresh random encoders (lower is closer; paper Table 1)")
 
 
 def write_run_report(run_url: str, summary: dict) -> str:

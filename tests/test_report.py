@@ -37,13 +37,21 @@ def test_run_report_renders_with_accuracy_moments_and_images(tmp_path):
     assert f"{100 * summary['eval']['accuracy_mean']:.2f} ± " in dom
 
 
-def test_grid_report_renders_each_method_beside_the_paper_number(tmp_path):
+def test_grid_report_renders_each_method_beside_the_paper_number_and_the_moment_table(tmp_path):
     from pipeline.report import grid_report
 
-    rows = [{"dataset": "mnist", "ipc": 10, "arch": "convnet3", "method": m, "accuracy": a, "protocol": "iterations=200"}
-            for m, a in (("random", 0.92), ("random", 0.93), ("dm", 0.96), ("m3d", 0.97))]
+    moments = {"moment_synthetic_mean": 1.5, "moment_synthetic_variance": 0.3, "moment_synthetic_skewness": 2.0,
+               "moment_synthetic_kurtosis": 9.0}
+    rows = [{"dataset": "mnist", "ipc": 10, "arch": "convnet3", "method": m, "accuracy": a, "protocol": "iterations=200",
+             **moments} for m, a in (("random", 0.92), ("random", 0.93), ("dm", 0.96), ("m3d", 0.97))]
+    rows.append({"dataset": "mnist", "ipc": 1, "arch": "convnet3", "method": "whole", "accuracy": 0.99,
+                 "protocol": "eval.epochs=3"})
+    rows[-2].update(moment_initial_mean=2.5, moment_initial_variance=0.5, moment_initial_skewness=3.0,
+                    moment_initial_kurtosis=12.0)
     (tmp_path / "grid.html").write_text(grid_report(rows))
     dom, log = render(tmp_path / "grid.html")
     assert console_errors(log) == []
-    assert "92.50 ± 0.50" in dom and "97.00 ± 0.00" in dom and "<td>97.6</td>" in dom  # paper: MNIST IPC 10
-    assert "random: last epoch (%)" in dom and "iterations=200" in dom
+    assert "92.50 ± 0.50 (95.1)" in dom and "97.00 ± 0.00 (97.6)" in dom  # paper: random and M3D, MNIST IPC 10
+    assert "96.00 ± 0.00 (97.5)" in dom and "99.00 ± 0.00 (99.6)" in dom  # DM; the whole set (its own row)
+    assert "<td>whole set</td>" in dom and "iterations=200" in dom
+    assert "moment gaps" in dom and "<td>initial (M3D/DM start)</td><td>2.5</td>" in dom

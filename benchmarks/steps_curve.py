@@ -1,0 +1,86 @@
+"""Accuracy against condensation steps, DM vs M3D (the paper's Fig. 3), one trajectory per method.
+
+    python benchmarks/steps_curve.py PRESET --steps 0,50,100,200,400 [--methods dm,m3d] [key=value ...]
+
+Each method condenses once from the shared initial set; at every step count in ``--steps`` the
+current images are decoded and evaluated (``eval.*`` keys, in-process). Besides accuracy the
+row records how far the pixels have moved from the initial set (mean |x - x0|, pixel units in
+[0, 1]) and the mean matching loss, so a method that is merely slow can be told apart from one
+that goes the wrong way. One JSON line per (method, steps) goes to
+benchmarks/results/steps_<preset>.jsonl (or --out) and a table is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from benchmarks.compare_methods import METHODS  # noqa: E402
+from benchmarks.record import RESULTS, append, git_commit, machine  # noqa: E402
+from models import decode  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.data.loading import load_split, open_class_pool  # noqa: E402
+from pipeline.engine import Condenser, EngineSettings  # noqa: E402
+from pipeline.evaluate import EvalSettings, train_and_test  # noqa: E402
+from pipeline.seeding import derive_seed  # noqa: E402
+
+
+def evaluate(cfg, images: torch.Tensor, labels: torch.Tensor, test) -> list[float]:
+    s = EvalSettings.from_config(cfg)
+    return [train_and_test(images, labels, test, cfg.eval.archs[0], s, derive_seed(cfg.seed, "eval-run", r)).accuracy
+            for r in range(cfg.eval.runs)]
+
+
+def trajectory(preset: str, method: str, steps: list[int], overrides: list[str], out: Path) -> list[dict]:
+    cfg = load_config(preset, [*METHODS[method], *overrides])
+    classes = list(range(cfg.data.num_classes))
+    pool = open_class_pool(cfg.data, classes, torch.device("cpu"), progress=False)
+    test = load_split(cfg.data, "test")
+    condenser = Condenser(EngineSettings.from_config(cfg), pool, classes)
+    start_images, labels = condenser.images.clone(), torch.arange(len(classes)).repeat_interleave(cfg.ipc)
+    rows, losses, condense_s = [], [], 0.0
+    for target in steps:
+        t0 = time.perf_counter()
+        while condenser.iteration < target:
+            losses.append(float(condenser.step().mean()))
+        condense_s += time.perf_counter() - t0
+        accs = evaluate(cfg, decode(condenser.images, cfg.factor), labels.repeat_interleave(cfg.factor ** 2), test)
+        row = {"preset": preset, "method": method, "steps": target, "lr": cfg.lr, "ipc": cfg.ipc,
+               "accuracy_mean": statistics.fmean(accs), "accuracy_runs": accs,
+               "pixel_shift": float((condenser.images - start_images).abs().mean()),
+               "loss": statistics.fmean(losses[-10:]) if losses else None, "condense_seconds": condense_s, "eval_epochs": cfg.eval.epochs,
+               "overrides": overrides, "machine": machine(), "commit": git_commit()}
+        print(f"[steps] {method} {target}: {100 * row['accuracy_mean']:.2f}% shift {row['pixel_shift']:.4f}",
+              file=sys.stderr, flush=True)
+        append(out, row)
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("preset")
+    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--steps", default="0,50,100,200,400")
+    ap.add_argument("--methods", default="dm,m3d")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_intermixed_args()
+    out = args.out or RESULTS / f"steps_{args.preset}.jsonl"
+    steps = sorted(int(v) for v in args.steps.split(","))
+    rows = [r for m in args.methods.split(",") for r in trajectory(args.preset, m, steps, args.overrides, out)]
+    print("\n| method | steps | accuracy (last epoch, %) | mean pixel shift | loss |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['steps']} | {100 * r['accuracy_mean']:.2f} | {r['pixel_shift']:.4f} | {r['loss'] or float('nan'):.4g} |")
+
+
+if __name__ == "__main__":
+    main()
