@@ -4,6 +4,10 @@ table; a rerun skips the cells the table already has.
     python benchmarks/reproduce.py --presets mnist,fashion_mnist --ipc 1,10,50 \\
         --methods random,herding,dm,m3d --seeds 0,1,2 [key=value ...] [--out DIR]
 
+Methods: random, herding, dm (linear kernel), m3d, whole (the whole training set, the upper
+bound; its IPC is ignored and the report shows it as "whole set"). A variant with its own
+overrides is NAME:key=value[:key=value...], e.g. dm:lr=0.01 (a column of its own in the table).
+
 Overrides after the options apply to every cell (e.g. a reduced protocol: iterations=200
 eval.epochs=100 data.root=...; use {preset} in a value for the preset's name, e.g.
 data.root=../shared/data/{preset}). Runs go to DIR/runs, the table to DIR/results.parquet
@@ -90,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"[grid] skip {preset} ipc {ipc} {method} seed {seed}: in {table}", file=sys.stderr)
                         continue
                     overrides = [o.replace("{preset}", preset) for o in args.overrides]
-                    name = f"{preset}_{method}_ipc{ipc}_s{seed}"
-                    cfg = load_config(preset, [*METHODS[method], f"ipc={ipc}", f"seed={seed}",
+                    base, *variant = method.split(":")
+                    name = f"{preset}_{method.replace(':', '_').replace('=', '')}_ipc{ipc}_s{seed}"
+                    cfg = load_config(preset, [*METHODS[base], *variant, f"ipc={ipc}", f"seed={seed}",
                                                f"out_dir={storage.join(args.out, 'runs')}", f"run_name={name}", *overrides])
                     print(f"[grid] {preset} ipc {ipc} {method} seed {seed}", file=sys.stderr, flush=True)
                     rows = cell_rows(run(cfg, progress=False), cell, cfg)

@@ -230,7 +230,8 @@ def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
     summary = {"preset": cfg.preset, "method": cfg.method, "ipc": cfg.ipc, "factor": factor, "kernel": cfg.kernel,
                "estimator": cfg.estimator, "update_mode": cfg.update_mode,
                "iterations": cfg.iterations if cfg.method == "m3d" else 0, "seed": cfg.seed, "device": cfg.device,
-               "backend": backend, "workers": workers, "condense_seconds": run.get("condense_seconds"),
+               "backend": backend, "workers": workers, "train_images": len(images),
+               "condense_seconds": run.get("condense_seconds"),
                "condense_it_per_s": run.get("condense_it_per_s"),  # steady state: after workers started
                "final_loss": float(torch.tensor(history[-1][1]).mean()) if history else None,
                "loss_curve": run.get("loss_curve", [])}

@@ -112,8 +112,8 @@ def grid_report(rows: list[dict]) -> str:
     """The HTML report of a result grid: per dataset, IPC and architecture, each method's
     last-epoch accuracy (mean ± std over seeds and evaluation runs) with the paper's number
     beside it, then the moment gaps of each method's set (and of the initial set)."""
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    methods = sorted({r["method"] for r in rows}, key=lambda m: rank.get(m, len(rank)))
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}  # a variant "dm:lr=0.01" sorts after its base "dm"
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (rank.get(m.split(":")[0], len(rank)), m))
     cells: dict = {}
     for r in rows:
         ipc = "whole set" if r["method"] == "whole" else r["ipc"]
@@ -124,7 +124,7 @@ def grid_report(rows: list[dict]) -> str:
         line = [dataset, ipc, arch]
         for m in methods:
             accs = by_method.get(m, [])
-            paper = paper_accuracy(dataset, ipc, arch, m) if accs else None
+            paper = paper_accuracy(dataset, ipc, arch, m.split(":")[0]) if accs else None
             line.append("–" if not accs else _mean_std(accs) + ("" if paper is None else f" ({paper:.1f})"))
         table.append(line)
     body = _table(["dataset", "IPC", "architecture", *methods], table,

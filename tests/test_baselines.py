@@ -54,3 +54,16 @@ def test_herding_method_and_moment_diagnostics_in_a_run(tmp_path):
     assert main(["digits", "run_name=m", "iterations=20", "batch_real=16", *common]) == 0
     m = json.loads((tmp_path / "m" / "summary.json").read_text())
     assert set(m["moments"]) == {"synthetic", "initial"} and m["moments"]["synthetic"]["mean"] > 0
+
+
+def test_whole_method_trains_on_every_training_image_and_stores_no_copy(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.data.loading import load_split
+
+    common = [f"out_dir={tmp_path}", "run_name=w", "method=whole", "eval.runs=1", "eval.epochs=1", "encoder.width=16"]
+    assert main(["digits", *common]) == 0
+    s = json.loads((tmp_path / "w" / "summary.json").read_text())
+    train = load_split(load_config("digits").data, "train")
+    assert s["train_images"] == len(train.labels) > 1000 and 0.0 < s["eval"]["accuracy_mean"] <= 1.0
+    assert not (tmp_path / "w" / "synthetic.pt").exists() and "moments" not in s
+    assert main(["digits", *common, "reevaluate=true"]) == 0  # a rerun reads the training set again

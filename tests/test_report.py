@@ -43,7 +43,7 @@ def test_grid_report_renders_each_method_beside_the_paper_number_and_the_moment_
     moments = {"moment_synthetic_mean": 1.5, "moment_synthetic_variance": 0.3, "moment_synthetic_skewness": 2.0,
                "moment_synthetic_kurtosis": 9.0}
     rows = [{"dataset": "mnist", "ipc": 10, "arch": "convnet3", "method": m, "accuracy": a, "protocol": "iterations=200",
-             **moments} for m, a in (("random", 0.92), ("random", 0.93), ("dm", 0.96), ("m3d", 0.97))]
+             **moments} for m, a in (("random", 0.92), ("random", 0.93), ("dm", 0.96), ("dm:lr=0.01", 0.95), ("m3d", 0.97))]
     rows.append({"dataset": "mnist", "ipc": 1, "arch": "convnet3", "method": "whole", "accuracy": 0.99,
                  "protocol": "eval.epochs=3"})
     rows[-2].update(moment_initial_mean=2.5, moment_initial_variance=0.5, moment_initial_skewness=3.0,
@@ -54,4 +54,5 @@ def test_grid_report_renders_each_method_beside_the_paper_number_and_the_moment_
     assert "92.50 ± 0.50 (95.1)" in dom and "97.00 ± 0.00 (97.6)" in dom  # paper: random and M3D, MNIST IPC 10
     assert "96.00 ± 0.00 (97.5)" in dom and "99.00 ± 0.00 (99.6)" in dom  # DM; the whole set (its own row)
     assert "<td>whole set</td>" in dom and "iterations=200" in dom
+    assert "<th>dm:lr=0.01</th>" in dom and "95.00 ± 0.00 (97.5)" in dom  # a variant: its own column, its base's paper number
     assert "moment gaps" in dom and "<td>initial (M3D/DM start)</td><td>2.5</td>" in dom
