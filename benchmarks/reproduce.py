@@ -37,7 +37,7 @@ from benchmarks.record import RESULTS, git_commit, machine  # noqa: E402
 from pipeline.cli import run  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data import storage  # noqa: E402
-from pipeline.report import grid_report  # noqa: E402
+from pipeline.report import grid_markdown, grid_report  # noqa: E402
 
 KEY = ("dataset", "ipc", "method", "seed", "protocol")
 
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         write_table(table, rows)
     storage.write_bytes_atomic(storage.join(args.out, "report.html"), grid_report(rows).encode())
+    print(grid_markdown(rows))
     print(f"[grid] {len(rows)} rows in {table}; report: {storage.join(args.out, 'report.html')}", file=sys.stderr)
     return 0
 

@@ -108,17 +108,16 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.pstdev(values):.2f}"
 
 
-def grid_report(rows: list[dict]) -> str:
-    """The HTML report of a result grid: per dataset, IPC and architecture, each method's
-    last-epoch accuracy (mean ± std over seeds and evaluation runs) with the paper's number
-    beside it, then the moment gaps of each method's set (and of the initial set)."""
+def accuracy_table(rows: list[dict]) -> tuple[list[str], list[list]]:
+    """(header, lines) of a grid: per dataset, IPC and architecture, each method's last-epoch
+    accuracy (mean ± std over seeds and evaluation runs) with the paper's number in brackets."""
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}  # a variant "dm:lr=0.01" sorts after its base "dm"
     methods = sorted({r["method"] for r in rows}, key=lambda m: (rank.get(m.split(":")[0], len(rank)), m))
     cells: dict = {}
     for r in rows:
         ipc = "whole set" if r["method"] == "whole" else r["ipc"]
         cells.setdefault((r["dataset"], ipc, r["arch"]), {}).setdefault(r["method"], []).append(r["accuracy"])
-    table = []
+    lines = []
     for (dataset, ipc, arch), by_method in sorted(cells.items(), key=lambda kv: (kv[0][0], str(kv[0][1]).isalpha(),
                                                                                  str(kv[0][1]).zfill(6), kv[0][2])):
         line = [dataset, ipc, arch]
@@ -126,30 +125,49 @@ def grid_report(rows: list[dict]) -> str:
             accs = by_method.get(m, [])
             paper = paper_accuracy(dataset, ipc, arch, m.split(":")[0]) if accs else None
             line.append("–" if not accs else _mean_std(accs) + ("" if paper is None else f" ({paper:.1f})"))
-        table.append(line)
-    body = _table(["dataset", "IPC", "architecture", *methods], table,
-                  "test accuracy (%): ours at the last epoch, mean ± std over seeds and evaluation runs; "
-                  "(the paper's number: best epoch, full protocol)")
-    body += _moment_table(rows)
-    protocols = sorted({r["protocol"] for r in rows})
-    body += "<p class='note'>Protocol (overrides): " + html.escape(" | ".join(protocols) or "preset defaults") + "</p>"
-    return _page("M3D result grid", body)
+        lines.append(line)
+    return ["dataset", "IPC", "architecture", *methods], lines
 
 
-def _moment_table(rows: list[dict]) -> str:
-    """Mean moment gaps per dataset, IPC and set (each method's result; the initial set of M3D/DM)."""
+def moment_table(rows: list[dict]) -> tuple[list[str], list[list]]:
+    """(header, lines): mean moment gaps per dataset, IPC and set (each method's result, and the
+    initial set that M3D/DM start from); no lines if the runs computed none."""
     gaps: dict = {}
     for r in rows:
         for name, label in (("synthetic", r["method"]), ("initial", "initial (M3D/DM start)")):
             if r.get(f"moment_{name}_mean") is not None:
                 key = (r["dataset"], r["ipc"], label)
                 gaps.setdefault(key, []).append([r[f"moment_{name}_{o}"] for o in ORDERS])
-    if not gaps:
-        return ""
-    table = [[d, ipc, label, *(f"{statistics.fmean(col):.4g}" for col in zip(*v))]
+    lines = [[d, ipc, label, *(f"{statistics.fmean(col):.4g}" for col in zip(*v))]
              for (d, ipc, label), v in sorted(gaps.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2]))]
-    return _table(["dataset", "IPC", "set", *ORDERS], table,
-                  "moment gaps to the real data under fresh random encoders (lower is closer; paper Table 1)")
+    return ["dataset", "IPC", "set", *ORDERS], lines
+
+
+ACCURACY_CAPTION = ("test accuracy (%): ours at the last epoch, mean ± std over seeds and evaluation runs; "
+                    "(the paper's number: best epoch, full protocol)")
+MOMENT_CAPTION = "moment gaps to the real data under fresh random encoders (lower is closer; paper Table 1)"
+
+
+def grid_report(rows: list[dict]) -> str:
+    """The HTML report of a result grid: the accuracy table, the moment table, the protocols."""
+    body = _table(*accuracy_table(rows), ACCURACY_CAPTION)
+    header, lines = moment_table(rows)
+    if lines:
+        body += _table(header, lines, MOMENT_CAPTION)
+    protocols = sorted({r["protocol"] for r in rows})
+    body += "<p class='note'>Protocol (overrides): " + html.escape(" | ".join(protocols) or "preset defaults") + "</p>"
+    return _page("M3D result grid", body)
+
+
+def grid_markdown(rows: list[dict]) -> str:
+    """The same two tables as Markdown (for BENCHMARKS.md and the terminal)."""
+    out = []
+    for (header, lines), caption in ((accuracy_table(rows), ACCURACY_CAPTION), (moment_table(rows), MOMENT_CAPTION)):
+        if lines:
+            out += [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            out += ["| " + " | ".join(str(v) for v in line) + " |" for line in lines]
+            out.append("")
+    return "\n".join(out)
 
 
 def write_run_report(run_url: str, summary: dict) -> str:
