@@ -20,8 +20,8 @@ from pipeline.config import load_config
 # DM's released setting is lr 1 on images stored *normalised*; we store pixels in [0, 1], where
 # the same step is lr * std^2 ~ 0.1 for these datasets (std ~ 0.3). The linear kernel's gradient
 # is orders of magnitude larger than the Gaussian's, so M3D's lr 1 would saturate DM's pixels.
-METHODS = {"random": ["method=random"], "herding": ["method=herding"], "whole": ["method=whole"], "dm": ["kernel=linear", "lr=0.1"],
-           "m3d": ["kernel=gaussian"]}
+METHODS = {"random": ["method=random"], "herding": ["method=herding"], "whole": ["method=whole"],
+           "dm": ["kernel=linear", "lr=0.1"], "m3d": ["kernel=gaussian"]}
 
 
 def main() -> None:

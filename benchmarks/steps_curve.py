@@ -56,7 +56,8 @@ def trajectory(preset: str, method: str, steps: list[int], overrides: list[str],
         row = {"preset": preset, "method": method, "steps": target, "lr": cfg.lr, "ipc": cfg.ipc,
                "accuracy_mean": statistics.fmean(accs), "accuracy_runs": accs,
                "pixel_shift": float((condenser.images - start_images).abs().mean()),
-               "loss": statistics.fmean(losses[-10:]) if losses else None, "condense_seconds": condense_s, "eval_epochs": cfg.eval.epochs,
+               "loss": statistics.fmean(losses[-10:]) if losses else None, "condense_seconds": condense_s,
+               "eval_epochs": cfg.eval.epochs,
                "overrides": overrides, "machine": machine(), "commit": git_commit()}
         print(f"[steps] {method} {target}: {100 * row['accuracy_mean']:.2f}% shift {row['pixel_shift']:.4f}",
               file=sys.stderr, flush=True)
@@ -79,7 +80,8 @@ def main() -> None:
     print("\n| method | steps | accuracy (last epoch, %) | mean pixel shift | loss |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['steps']} | {100 * r['accuracy_mean']:.2f} | {r['pixel_shift']:.4f} | {r['loss'] or float('nan'):.4g} |")
+        loss = float("nan") if r["loss"] is None else r["loss"]
+        print(f"| {r['method']} | {r['steps']} | {100 * r['accuracy_mean']:.2f} | {r['pixel_shift']:.4f} | {loss:.4g} |")
 
 
 if __name__ == "__main__":

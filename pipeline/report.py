@@ -138,7 +138,7 @@ def moment_table(rows: list[dict]) -> tuple[list[str], list[list]]:
             if r.get(f"moment_{name}_mean") is not None:
                 key = (r["dataset"], r["ipc"], label)
                 gaps.setdefault(key, []).append([r[f"moment_{name}_{o}"] for o in ORDERS])
-    lines = [[d, ipc, label, *(f"{statistics.fmean(col):.4g}" for col in zip(*v))]
+    lines = [[d, ipc, label, *(f"{statistics.fmean(col):.4g}" for col in zip(*v, strict=True))]
              for (d, ipc, label), v in sorted(gaps.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2]))]
     return ["dataset", "IPC", "set", *ORDERS], lines
 

@@ -74,3 +74,16 @@ def test_reproduce_grid_writes_one_row_per_cell_and_eval_run_and_skips_finished_
     assert again.returncode == 0 and again.stderr.count("[grid] skip") == 2
     assert pq.read_table(tmp_path / "results.parquet").num_rows == 4
     assert "<th>herding</th>" in (tmp_path / "report.html").read_text()
+
+
+def test_steps_curve_evaluates_one_trajectory_at_each_step_count(tmp_path):
+    out = tmp_path / "steps.jsonl"
+    cmd = [sys.executable, "benchmarks/steps_curve.py", "digits", "--steps", "0,3", "--methods", "m3d",
+           "--out", str(out), "eval.runs=1", "eval.epochs=2", "encoder.width=16", "batch_real=16"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["steps"] for r in rows] == [0, 3]
+    assert rows[0]["pixel_shift"] == 0.0 < rows[1]["pixel_shift"]
+    assert rows[0]["loss"] is None and rows[1]["loss"] > 0
+    assert all(0.0 < r["accuracy_mean"] <= 1.0 for r in rows) and "| m3d | 3 |" in done.stdout
