@@ -1,6 +1,7 @@
 #!/bin/bash
 # The reduced CPU protocol of BENCHMARKS.md ("Result grid"): MNIST and Fashion-MNIST at IPC 1/10/50,
-# random / herding / DM / M3D, plus DM at lr 0.01 for IPC 1 and the whole-set upper bound.
+# random / herding / DM / M3D, plus DM at lr 0.01 for IPC 1, M3D at lr 10 for IPC 10 and the
+# whole-set upper bound.
 # One process per dataset with one thread each (2 cores); both share one output folder.
 # A rerun skips the finished cells. Usage: bash benchmarks/grid_cpu.sh [OUT]
 set -euo pipefail
@@ -15,6 +16,7 @@ dataset() {
   $G --ipc 1 --seeds 0,1,2 $C $IPC1
   $G --ipc 1 --methods dm:lr=0.01 --seeds 0,1,2 $C $IPC1
   $G --ipc 10 --seeds 0,1,2 $C eval.runs=1 eval.epochs=50 eval.test_every=50
+  $G --ipc 10 --methods m3d:lr=10 --seeds 0 $C eval.runs=1 eval.epochs=50 eval.test_every=50   # lr = IPC (released presets)
   $G --ipc 50 --seeds 0 $C eval.runs=1 eval.epochs=20 eval.test_every=20
   $G --ipc 1 --methods whole --seeds 0 $DATA eval.runs=1 eval.epochs=1 eval.test_every=1
 }

@@ -87,3 +87,18 @@ def test_steps_curve_evaluates_one_trajectory_at_each_step_count(tmp_path):
     assert rows[0]["pixel_shift"] == 0.0 < rows[1]["pixel_shift"]
     assert rows[0]["loss"] is None and rows[1]["loss"] > 0
     assert all(0.0 < r["accuracy_mean"] <= 1.0 for r in rows) and "| m3d | 3 |" in done.stdout
+
+
+def test_pixel_shift_measures_how_far_condensation_moved_each_run(tmp_path):
+    from pipeline.cli import main
+
+    common = [f"out_dir={tmp_path / 'runs'}", "eval.runs=0", "encoder.width=16", "batch_real=16",
+              "diagnostics.moments=false"]
+    assert main(["digits", "run_name=m", "iterations=3", *common]) == 0
+    assert main(["digits", "run_name=r", "method=random", *common]) == 0  # a selection: skipped
+    done = subprocess.run([sys.executable, "benchmarks/pixel_shift.py", str(tmp_path)], capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [v for v in done.stdout.splitlines() if v.startswith("| digits")]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:5] == ["digits", "1", "m3d", "0.3", "3"] and float(cells[5]) > 0 and cells[6] == "1"
