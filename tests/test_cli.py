@@ -189,7 +189,7 @@ def test_one_worker_runs_in_process_without_a_ray_cluster(monkeypatch):
     from pipeline import driver
     from pipeline.config import load_config
 
+    assert driver.ray_cluster_reachable("10.0.0.1:6379")  # a named cluster counts without connecting
     cfg = load_config("mnist", ["data.root=/nowhere"])  # workers: null, backend: auto
     monkeypatch.setattr(driver, "ray_cluster_reachable", lambda address: False)
     assert driver.resolve_backend(cfg) == ("local", 1)
-    assert driver.ray_cluster_reachable("10.0.0.1:6379")  # a named cluster counts without connecting
