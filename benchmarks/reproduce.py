@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import itertools
 import os
 import sys
 
@@ -58,7 +59,7 @@ def read_cells(out: str) -> list[dict]:
     return [row for url in storage.list_files(storage.join(out, "cells"), ".parquet") for row in read_table(url)]
 
 
-def cell_rows(summary: dict, cell: dict, cfg) -> list[dict]:
+def cell_rows(summary: dict, cell: dict) -> list[dict]:
     """One row per architecture and evaluation run of a finished cell, with the moment gaps
     (``moment_<set>_<order>``: set = synthetic, or initial for M3D/DM) when the run computed them."""
     moments = {f"moment_{name}_{order}": gap for name, gaps in summary.get("moments", {}).items()
@@ -84,25 +85,24 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     table = storage.join(args.out, "results.parquet")
     protocol = " ".join(args.overrides)
-    for preset in args.presets.split(","):
-        for ipc in [int(v) for v in args.ipc.split(",")]:
-            for method in args.methods.split(","):
-                for seed in [int(v) for v in args.seeds.split(",")]:
-                    cell = {"dataset": preset, "ipc": ipc, "method": method, "seed": seed, "protocol": protocol}
-                    done = {tuple(r[k] for k in KEY) for r in read_cells(args.out)}  # other processes' cells too
-                    if tuple(cell[k] for k in KEY) in done:
-                        print(f"[grid] skip {preset} ipc {ipc} {method} seed {seed}: in {table}", file=sys.stderr)
-                        continue
-                    overrides = [o.replace("{preset}", preset) for o in args.overrides]
-                    base, *variant = method.split(":")
-                    name = f"{preset}_{method.replace(':', '_').replace('=', '')}_ipc{ipc}_s{seed}"
-                    cfg = load_config(preset, [*METHODS[base], *variant, f"ipc={ipc}", f"seed={seed}",
-                                               f"out_dir={storage.join(args.out, 'runs')}", f"run_name={name}", *overrides])
-                    print(f"[grid] {preset} ipc {ipc} {method} seed {seed}", file=sys.stderr, flush=True)
-                    rows = cell_rows(run(cfg, progress=False), cell, cfg)
-                    cell_file = f"{name}_{hashlib.sha1(protocol.encode()).hexdigest()[:8]}.parquet"
-                    write_table(storage.join(args.out, "cells", cell_file), rows)
-                    write_table(table, read_cells(args.out))  # after every cell: an interruption loses one cell at most
+    grid = itertools.product(args.presets.split(","), [int(v) for v in args.ipc.split(",")], args.methods.split(","),
+                             [int(v) for v in args.seeds.split(",")])
+    for preset, ipc, method, seed in grid:
+        cell = {"dataset": preset, "ipc": ipc, "method": method, "seed": seed, "protocol": protocol}
+        done = {tuple(r[k] for k in KEY) for r in read_cells(args.out)}  # other processes' cells too
+        if tuple(cell[k] for k in KEY) in done:
+            print(f"[grid] skip {preset} ipc {ipc} {method} seed {seed}: in {table}", file=sys.stderr)
+            continue
+        overrides = [o.replace("{preset}", preset) for o in args.overrides]
+        base, *variant = method.split(":")
+        name = f"{preset}_{method.replace(':', '_').replace('=', '')}_ipc{ipc}_s{seed}"
+        cfg = load_config(preset, [*METHODS[base], *variant, f"ipc={ipc}", f"seed={seed}",
+                                   f"out_dir={storage.join(args.out, 'runs')}", f"run_name={name}", *overrides])
+        print(f"[grid] {preset} ipc {ipc} {method} seed {seed}", file=sys.stderr, flush=True)
+        rows = cell_rows(run(cfg, progress=False), cell)
+        cell_file = f"{name}_{hashlib.sha1(protocol.encode()).hexdigest()[:8]}.parquet"
+        write_table(storage.join(args.out, "cells", cell_file), rows)
+        write_table(table, read_cells(args.out))  # after every cell: an interruption loses one cell at most
     rows = read_cells(args.out)
     if rows:
         write_table(table, rows)

@@ -27,23 +27,15 @@ from benchmarks.compare_methods import METHODS  # noqa: E402
 from benchmarks.record import RESULTS, append, git_commit, machine  # noqa: E402
 from models import decode  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.data.loading import load_split, open_class_pool  # noqa: E402
+from pipeline.data.loading import open_class_pool  # noqa: E402
+from pipeline.driver import evaluate_all  # noqa: E402
 from pipeline.engine import Condenser, EngineSettings  # noqa: E402
-from pipeline.evaluate import EvalSettings, train_and_test  # noqa: E402
-from pipeline.seeding import derive_seed  # noqa: E402
-
-
-def evaluate(cfg, images: torch.Tensor, labels: torch.Tensor, test) -> list[float]:
-    s = EvalSettings.from_config(cfg)
-    return [train_and_test(images, labels, test, cfg.eval.archs[0], s, derive_seed(cfg.seed, "eval-run", r)).accuracy
-            for r in range(cfg.eval.runs)]
 
 
 def trajectory(preset: str, method: str, steps: list[int], overrides: list[str], out: Path) -> list[dict]:
     cfg = load_config(preset, [*METHODS[method], *overrides])
     classes = list(range(cfg.data.num_classes))
     pool = open_class_pool(cfg.data, classes, torch.device("cpu"), progress=False)
-    test = load_split(cfg.data, "test")
     condenser = Condenser(EngineSettings.from_config(cfg), pool, classes)
     start_images, labels = condenser.images.clone(), torch.arange(len(classes)).repeat_interleave(cfg.ipc)
     rows, losses, condense_s = [], [], 0.0
@@ -52,7 +44,9 @@ def trajectory(preset: str, method: str, steps: list[int], overrides: list[str],
         while condenser.iteration < target:
             losses.append(float(condenser.step().mean()))
         condense_s += time.perf_counter() - t0
-        accs = evaluate(cfg, decode(condenser.images, cfg.factor), labels.repeat_interleave(cfg.factor ** 2), test)
+        evals, _ = evaluate_all(cfg, decode(condenser.images, cfg.factor), labels.repeat_interleave(cfg.factor ** 2),
+                                "local", torch.device("cpu"), progress=False)
+        accs = evals[0]["runs"]
         row = {"preset": preset, "method": method, "steps": target, "lr": cfg.lr, "ipc": cfg.ipc,
                "accuracy_mean": statistics.fmean(accs), "accuracy_runs": accs,
                "pixel_shift": float((condenser.images - start_images).abs().mean()),
