@@ -23,6 +23,7 @@ from pipeline import outputs  # noqa: E402
 from pipeline.data import storage  # noqa: E402
 from pipeline.data.loading import open_class_pool  # noqa: E402
 from pipeline.engine import initial_images  # noqa: E402
+from pipeline.report import method_name  # noqa: E402
 
 
 def run_shift(run_url: str, pools: dict) -> tuple[tuple, float] | None:
@@ -35,7 +36,7 @@ def run_shift(run_url: str, pools: dict) -> tuple[tuple, float] | None:
         pools[key] = open_class_pool(cfg.data, classes, torch.device("cpu"), progress=False)
     stored = outputs.load_synthetic(storage.join(run_url, "synthetic.pt"))["images"]
     start = initial_images(pools[key], classes, cfg.ipc, cfg.factor)
-    method = "dm" if cfg.kernel == "linear" else "m3d"
+    method = method_name({"method": cfg.method, "kernel": cfg.kernel})
     return (cfg.preset, cfg.ipc, method, cfg.lr, cfg.iterations), float((stored - start).abs().mean())
 
 

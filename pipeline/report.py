@@ -97,8 +97,6 @@ def run_report(run_url: str, summary: dict) -> str:
     return _page(f"M3D run: {s['preset']} {s['method']} IPC {s['ipc']}", "".join(parts))
 
 
-
-
 def method_name(summary: dict) -> str:
     """The harness's name for a run's method: M3D's engine with the linear kernel is DM."""
     return "dm" if summary["method"] == "m3d" and summary.get("kernel") == "linear" else summary["method"]
