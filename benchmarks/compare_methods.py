@@ -42,7 +42,7 @@ def main() -> None:
         summary = run(cfg, progress=False)
         e = summary.get("eval", {})
         row = {"preset": args.preset, "method": method, "ipc": cfg.ipc, "factor": summary["factor"],
-               "iterations": summary["iterations"], "lr": cfg.lr, "batch_real": cfg.batch_real, "eval_epochs": cfg.eval.epochs,
+               "iterations": summary["iterations"], "lr": cfg.lr, "batch_real": cfg.batch_real, "eval_epochs": e.get("epochs"),
                "eval_runs": e.get("runs"), "accuracy_mean": e.get("accuracy_mean"), "accuracy_std": e.get("accuracy_std"),
                "best_epoch_accuracy_mean": e.get("best_epoch_accuracy_mean"),
                "condense_seconds": summary["condense_seconds"], "total_seconds": time.perf_counter() - start,

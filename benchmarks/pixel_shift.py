@@ -22,7 +22,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from pipeline import outputs  # noqa: E402
 from pipeline.data import storage  # noqa: E402
 from pipeline.data.loading import open_class_pool  # noqa: E402
-from pipeline.engine import initial_images  # noqa: E402
+from pipeline.engine import EngineSettings, initial_images  # noqa: E402
 from pipeline.report import method_name  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def run_shift(run_url: str, pools: dict) -> tuple[tuple, float] | None:
     if key not in pools:
         pools[key] = open_class_pool(cfg.data, classes, torch.device("cpu"), progress=False)
     stored = outputs.load_synthetic(storage.join(run_url, "synthetic.pt"))["images"]
-    start = initial_images(pools[key], classes, cfg.ipc, cfg.factor)
+    start = initial_images(pools[key], classes, EngineSettings.from_config(cfg))
     method = method_name({"method": cfg.method, "kernel": cfg.kernel})
     return (cfg.preset, cfg.ipc, method, cfg.lr, cfg.iterations), float((stored - start).abs().mean())
 

@@ -23,7 +23,7 @@ class ReferenceLoop:
     def __init__(self, settings: EngineSettings, pool: ClassPool, classes: Sequence[int], device: str = "cpu"):
         s = self.s = settings
         self.pool, self.classes, self.device = pool, list(classes), torch.device(device)
-        init = initial_images(pool, self.classes, s.ipc, s.factor).to(self.device)
+        init = initial_images(pool, self.classes, s).to(self.device)
         self.images = init.requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=s.lr, momentum=s.momentum)
         self.iteration = 0

@@ -51,7 +51,7 @@ def trajectory(preset: str, method: str, steps: list[int], overrides: list[str],
                "accuracy_mean": statistics.fmean(accs), "accuracy_runs": accs,
                "pixel_shift": float((condenser.images - start_images).abs().mean()),
                "loss": statistics.fmean(losses[-10:]) if losses else None, "condense_seconds": condense_s,
-               "eval_epochs": cfg.eval.epochs,
+               "eval_epochs": evals[0]["epochs"],
                "overrides": overrides, "machine": machine(), "commit": git_commit()}
         print(f"[steps] {method} {target}: {100 * row['accuracy_mean']:.2f}% shift {row['pixel_shift']:.4f}",
               file=sys.stderr, flush=True)

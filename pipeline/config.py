@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kernels import ESTIMATORS, KERNELS
 from models import list_models
-from models.augment import GEOMETRIC_OPS, AugmentSpec
+from models.augment import GEOMETRIC_OPS, OP_CHOICES, AugmentSpec
 
 BASE = "base"
 CHOICES = {
@@ -22,7 +22,10 @@ CHOICES = {
     "kernel": KERNELS,
     "estimator": ESTIMATORS,
     "update_mode": ("reference", "batched"),
-    "init": ("mix",),
+    "init": ("mix", "mix_first"),
+    "augment.op_per": OP_CHOICES,
+    "eval.augment.op_per": OP_CHOICES,
+    "eval.recipe": ("dsa", "imagenet"),
     "data.source": ("auto", "shards", "npz", "digits"),
     "data.cache": ("auto", "device", "host", "stream"),
     "backend": ("auto", "local", "ray"),
@@ -85,6 +88,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"checkpoint_every={cfg.checkpoint_every} must be >= 0")
     if cfg.eval.runs < 0:
         raise ConfigError(f"eval.runs={cfg.eval.runs} must be >= 0")
+    if not 0 <= cfg.eval.cutmix_prob <= 1:
+        raise ConfigError(f"eval.cutmix_prob={cfg.eval.cutmix_prob} must be in [0, 1]")
+    if cfg.eval.recipe == "imagenet" and cfg.data.channels not in (None, 3):
+        raise ConfigError(f"eval.recipe=imagenet needs RGB images, data.channels={cfg.data.channels}; use eval.recipe=dsa")
     models = list_models()
     for key, arch in [("encoder.arch", cfg.encoder.arch)] + [("eval.archs", a) for a in cfg.eval.archs]:
         if arch not in models:
@@ -102,4 +109,5 @@ def validate(cfg: DictConfig) -> None:
 
 def augment_spec(aug_cfg: DictConfig) -> AugmentSpec:
     """An ``augment`` (or ``eval.augment``) config section as the AugmentSpec models/ takes."""
-    return AugmentSpec(color=aug_cfg.color, geometric=tuple(aug_cfg.geometric), cutout=aug_cfg.cutout)
+    return AugmentSpec(flip=aug_cfg.flip, color=aug_cfg.color, geometric=tuple(aug_cfg.geometric),
+                       op_per=aug_cfg.op_per, cutout=aug_cfg.cutout)

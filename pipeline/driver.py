@@ -150,7 +150,7 @@ def condense_slices(cfg: DictConfig, store: RunStore, run: dict, backend: str, w
 
 def evaluate_all(cfg: DictConfig, images, labels, backend: str, device, progress: bool) -> tuple[list, dict]:
     test = load_split(cfg.data, "test")
-    settings = EvalSettings.from_config(cfg)
+    settings = EvalSettings.from_config(cfg, images_per_class=len(labels) // cfg.data.num_classes)
     jobs = [{"arch": a, "run": r, "seed": derive_seed(cfg.seed, "eval-run", r)}
             for a in cfg.eval.archs for r in range(cfg.eval.runs)]
     if backend == "ray":
@@ -167,7 +167,7 @@ def evaluate_all(cfg: DictConfig, images, labels, backend: str, device, progress
             log(f"eval {arch} run {k + 1}/{len(mine)}: last-epoch accuracy {100 * r.accuracy:.2f}% ({r.seconds:.0f}s)")
         curves[arch] = [r.curve for r in mine]
         accs = [r.accuracy for r in mine]
-        evals.append({"arch": arch, "epochs": cfg.eval.epochs, "runs": accs, "seeds": [r.seed for r in mine],
+        evals.append({"arch": arch, "epochs": settings.epochs, "runs": accs, "seeds": [r.seed for r in mine],
                       "accuracy_mean": statistics.fmean(accs), "accuracy_std": statistics.pstdev(accs),
                       "best_epoch_accuracy_mean": statistics.fmean(r.best_accuracy for r in mine),
                       "best_epoch_runs": [r.best_accuracy for r in mine],  # selected on the test set (reference)
@@ -264,5 +264,5 @@ def moments(cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor, device,
     s = EngineSettings.from_config(cfg)
     sets = {"synthetic": (images, labels)}
     if cfg.method == "m3d":
-        sets["initial"] = (decode(initial_images(pool, classes, cfg.ipc, cfg.factor), cfg.factor), labels)
+        sets["initial"] = (decode(initial_images(pool, classes, s), cfg.factor), labels)
     return moment_report(sets, pool, classes, s, cfg.diagnostics.encoders, cfg.diagnostics.real_per_class, device)

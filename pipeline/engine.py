@@ -52,6 +52,7 @@ class EngineSettings:
     batch_real: int = 128
     update_mode: str = "reference"
     seed: int = 0
+    init: str = "mix"  # mix: a seeded random sample per class | mix_first: the first images of each class
     encoder: str = "convnet3"
     encoder_width: int | None = None
     augment: AugmentSpec = field(default_factory=AugmentSpec)
@@ -63,7 +64,7 @@ class EngineSettings:
     def from_config(cls, cfg: DictConfig) -> "EngineSettings":
         return cls(data=DataSpec.from_config(cfg.data), ipc=cfg.ipc, factor=cfg.factor, ipm=cfg.ipm,
                    kernel=cfg.kernel, estimator=cfg.estimator, lr=cfg.lr, momentum=cfg.momentum,
-                   batch_real=cfg.batch_real, update_mode=cfg.update_mode, seed=cfg.seed, encoder=cfg.encoder.arch,
+                   batch_real=cfg.batch_real, update_mode=cfg.update_mode, seed=cfg.seed, init=cfg.init, encoder=cfg.encoder.arch,
                    encoder_width=cfg.encoder.width, augment=augment_spec(cfg.augment),
                    compile=use_compile(cfg.compile, cfg.iterations), chunk_classes=cfg.chunk_classes,
                    precision=cfg.precision)
@@ -110,10 +111,17 @@ def embed_fn(compiled: bool):
     return _compiled_embed
 
 
-def initial_images(pool: ClassPool, classes: Sequence[int], ipc: int, factor: int) -> torch.Tensor:
-    """The starting synthetic set (``init: mix``): per class, its first ipc * factor^2 real
-    images tiled factor x factor into ipc stored images, class-major: (len(classes) * ipc, C, H, W)."""
-    return torch.cat([mix_init(pool.first(c, ipc * factor**2), factor) for c in classes])
+def initial_images(pool: ClassPool, classes: Sequence[int], s: EngineSettings) -> torch.Tensor:
+    """The starting synthetic set, class-major (len(classes) * ipc, C, H, W): per class,
+    ipc * factor^2 real images tiled factor x factor into ipc stored images. ``init: mix``
+    takes a random sample of the class drawn from (seed, "init", class), as the release takes
+    a shuffled class batch; ``mix_first`` its first images in dataset order."""
+    n = s.ipc * s.factor**2
+    if s.init == "mix_first":
+        return torch.cat([mix_init(pool.first(c, n), s.factor) for c in classes])
+    if s.init != "mix":
+        raise ValueError(f"unknown init {s.init!r}; choose mix or mix_first")
+    return torch.cat([mix_init(pool.random_subset(c, n, s.seed, stream="init"), s.factor) for c in classes])
 
 
 def augment_uniforms(s: EngineSettings, iteration: int) -> torch.Tensor:
@@ -134,7 +142,7 @@ class Condenser:
         self.s, self.pool, self.device = settings, pool, torch.device(device)
         self.classes = [int(c) for c in classes]
         s = settings
-        self.images = initial_images(pool, self.classes, s.ipc, s.factor).to(self.device)
+        self.images = initial_images(pool, self.classes, s).to(self.device)
         self.momentum = torch.zeros_like(self.images)
         self.iteration = 0
         self._encoder_index, self._encoder = None, None

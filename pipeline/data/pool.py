@@ -95,10 +95,10 @@ class ClassPool:
         self._need(c, n)
         return self.images_of(c, torch.arange(n))
 
-    def random_subset(self, c: int, n: int, seed: int) -> torch.Tensor:
-        """``n`` distinct images of class ``c`` chosen from ``(seed, "subset", c)``."""
+    def random_subset(self, c: int, n: int, seed: int, stream: str = "subset") -> torch.Tensor:
+        """``n`` distinct images of class ``c`` chosen from ``(seed, stream, c)``."""
         self._need(c, n)
-        return self.images_of(c, torch.randperm(self.count[c], generator=generator(seed, "subset", c))[:n])
+        return self.images_of(c, torch.randperm(self.count[c], generator=generator(seed, stream, c))[:n])
 
 
 class StreamingClassPool(ClassPool):
