@@ -132,7 +132,8 @@ def test_random_resized_crop_boxes_respect_scale_and_aspect_bounds():
     assert area.min() >= 0.49 and area.max() <= 1.0
     aspect = w / h
     assert aspect.min() >= 3 / 4 - 0.02 and aspect.max() <= 4 / 3 + 0.02
-    assert area.mean() == pytest.approx(0.693, abs=0.01)  # torchvision's sampler: large areas with a non-square aspect are redrawn
+    # torchvision's sampler redraws large areas with a non-square aspect, so the mean is below 0.75
+    assert area.mean() == pytest.approx(0.693, abs=0.01)
 
 
 def test_resized_crop_of_a_quadrant_upsamples_that_quadrant():
