@@ -61,8 +61,9 @@ class AugmentSpec:
             raise ValueError(f"op_per={self.op_per!r}; choose from {OP_CHOICES}")
 
 
-def _flip(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    return torch.where((p < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
+def flip_half(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images (N, C, H, W) whose uniform in ``u`` (N,) is below 0.5."""
+    return torch.where((u < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 def _color(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -137,7 +138,7 @@ def augment(x: torch.Tensor, u: torch.Tensor, groups: torch.Tensor, spec: Augmen
     """
     p = u.to(device=x.device, dtype=x.dtype)[groups.to(x.device)]
     if spec.flip:
-        x = _flip(x, p[:, 12])
+        x = flip_half(x, p[:, 12])
     if spec.color:
         x = _color(x, p[:, 0:3])
     if spec.geometric:

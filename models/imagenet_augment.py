@@ -14,6 +14,8 @@ import math
 import torch
 from torch.nn import functional as F
 
+from models.augment import flip_half
+
 # ImageNet's RGB PCA (AlexNet lighting noise), as IDC uses it.
 EIGVAL = (0.2175, 0.0188, 0.0045)
 EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
@@ -31,11 +33,10 @@ def rrc_boxes(n: int, h: int, w: int, g: torch.Generator, scale=(0.5, 1.0), rati
     cw = (area * aspect).sqrt().round()
     ch = (area / aspect).sqrt().round()
     fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
-    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((n,), -1))
+    ok = fits.any(1)
+    pick = fits.float().argmax(1, keepdim=True)  # the first draw that fits (0 where none does)
     pos = torch.rand(n, 2, generator=g)
     boxes = torch.zeros(n, 4)
-    ok = first >= 0
-    pick = first.clamp_min(0)[:, None]
     bh, bw = ch.gather(1, pick)[:, 0], cw.gather(1, pick)[:, 0]
     boxes[:, 2], boxes[:, 3] = bh, bw
     boxes[:, 0] = (pos[:, 0] * (h - bh + 1)).floor().clamp_max(h - bh)
@@ -99,8 +100,7 @@ def imagenet_augment(x: torch.Tensor, g: torch.Generator, jitter: float = 0.4, l
     if c != 3:
         raise ValueError(f"the ImageNet evaluation augmentation needs RGB images, got {c} channels")
     x = resized_crop(x, rrc_boxes(n, h, w, g, scale=scale), (h, w))
-    flip = (torch.rand(n, generator=g) < 0.5).to(x.device).view(-1, 1, 1, 1)
-    x = torch.where(flip, x.flip(-1), x)
+    x = flip_half(x, torch.rand(n, generator=g).to(x.device))
     strength = (torch.rand(n, 3, generator=g) * 2 - 1) * jitter
     order = torch.rand(n, 3, generator=g).argsort(1)
     x = color_jitter(x, strength, order)

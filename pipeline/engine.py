@@ -116,12 +116,14 @@ def initial_images(pool: ClassPool, classes: Sequence[int], s: EngineSettings) -
     ipc * factor^2 real images tiled factor x factor into ipc stored images. ``init: mix``
     takes a random sample of the class drawn from (seed, "init", class), as the release takes
     a shuffled class batch; ``mix_first`` its first images in dataset order."""
-    n = s.ipc * s.factor**2
-    if s.init == "mix_first":
-        return torch.cat([mix_init(pool.first(c, n), s.factor) for c in classes])
-    if s.init != "mix":
+    if s.init not in ("mix", "mix_first"):
         raise ValueError(f"unknown init {s.init!r}; choose mix or mix_first")
-    return torch.cat([mix_init(pool.random_subset(c, n, s.seed, stream="init"), s.factor) for c in classes])
+    n = s.ipc * s.factor**2
+
+    def sample(c: int) -> torch.Tensor:
+        return pool.first(c, n) if s.init == "mix_first" else pool.random_subset(c, n, s.seed, stream="init")
+
+    return torch.cat([mix_init(sample(c), s.factor) for c in classes])
 
 
 def augment_uniforms(s: EngineSettings, iteration: int) -> torch.Tensor:

@@ -107,11 +107,14 @@ def _cutmix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch
 
 def train_batch(x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor, s: EvalSettings,
                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The augmented, normalised mini-batch ``idx`` of the training set and its labels."""
+    """The augmented, normalised mini-batch ``idx`` of the training set ``x_all`` (pixels in
+    [0, 1]) and its labels. dsa augments normalised images; the imagenet recipe augments pixels,
+    then normalises."""
     x, y = x_all[idx], y_all[idx]
     if s.recipe == "imagenet":
         return s.data.normalize(imagenet_augment(x, g)), y
-    return augment(x, torch.rand(len(idx), NUM_UNIFORMS, generator=g), torch.arange(len(idx)), s.augment), y
+    u = torch.rand(len(idx), NUM_UNIFORMS, generator=g)
+    return augment(s.data.normalize(x), u, torch.arange(len(idx)), s.augment), y
 
 
 def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: LabeledImages, arch: str, s: EvalSettings,
@@ -129,9 +132,7 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: LabeledImag
     milestones = [s.epochs * 2 // 3, s.epochs * 5 // 6]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.2)
     g = generator(seed, "eval-train", arch)
-    # dsa augments normalised images; the imagenet recipe augments pixels in [0, 1], then normalises
-    x_all = images.to(device).float()
-    x_all, y_all = (x_all if s.recipe == "imagenet" else s.data.normalize(x_all)), labels.to(device)
+    x_all, y_all = images.to(device).float(), labels.to(device)
     n = len(y_all)
     curve = []
     model.train()
