@@ -179,3 +179,29 @@ def test_bf16_autocast_tracks_the_fp32_losses_and_keeps_fp32_images(tiny_data):
     for _ in range(3):
         bf16.step()
     assert bf16.images.dtype == torch.float32 and torch.isfinite(bf16.images).all()
+
+
+def test_reference_loop_has_the_released_structure(tiny_data):
+    """The baseline of every speed ratio: real features under no_grad (no autograd graph through
+    the real batch), synthetic features with grad, encoder weights requiring grad (so the
+    backward computes their gradients, as the release does), one encoder per ipm iterations."""
+    s = settings(ipm=2)
+    ref = ReferenceLoop(s, ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    calls, encoders = [], []
+    original_embed = type(build_encoder(s, 0)).embed
+
+    def recording_embed(net, x):
+        out = original_embed(net, x)
+        calls.append((len(x), torch.is_grad_enabled(), out.grad_fn is not None))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(build_encoder(s, 0)), "embed", recording_embed)
+        for _ in range(3):
+            ref.step()
+            encoders.append(ref.encoder)
+    n_syn = s.ipc * s.factor**2
+    assert calls == [(s.batch_real, False, False), (n_syn, True, True)] * (4 * 3)
+    assert encoders[0] is encoders[1] and encoders[1] is not encoders[2]
+    embedding = [p for name, p in ref.encoder.named_parameters() if not name.startswith("classifier")]
+    assert embedding and all(p.requires_grad and p.grad is not None for p in embedding)
