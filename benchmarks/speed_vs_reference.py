@@ -1,12 +1,22 @@
-"""Iterations per second of our engine vs the released loop's structure, on identical work.
+"""Iterations per second of our engine vs the released loop's structure, on identical work,
+with the FLOPs of one step and this machine's measured peak beside every speed.
 
     python -m benchmarks.speed_vs_reference [--classes 10 --size 32 --channels 3 --ipc 10 --factor 2
-                                           --batch-real 128 --iterations 4 --device auto]
+                                           --batch-real 128 --iterations 3 --rounds 3 --device auto]
 
-Both run the same settings, data (random uint8 images of the given shape: timing does not
-depend on content), encoders and random draws, alternating in one process so machine noise
-hits both. Prints a table and, as the last stdout line, one JSON object with at least
-ours_it_per_s, reference_it_per_s, ratio, device, shape.
+Every loop runs the same settings, data (random uint8 images of the given shape: timing does
+not depend on content), encoders and random draws. The loops take turns in one process
+(``--rounds`` rounds of ``--iterations`` steps each, after one warm-up step, and compiling,
+outside the timing) and each speed is the median over rounds, so machine noise hits all of
+them alike. The reference is ``benchmarks/reference_loop.py`` (the released loop's structure).
+Modes of ours: eager fp32, compiled fp32, compiled bf16 (``--modes``).
+
+FLOPs are matmul/convolution FLOPs of one step (``benchmarks/flops.py``); the reference does
+more (its backward also computes the encoder's weight gradients). "of peak" divides a loop's
+achieved FLOP/s by the measured convolution peak of its precision.
+
+Prints a table and, as the last stdout line, one JSON object with at least ours_it_per_s,
+reference_it_per_s, ratio, device, shape, flops_per_step and peaks.
 """
 from __future__ import annotations
 
@@ -14,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -22,9 +33,13 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/speed_vs_refer
 
 import torch  # noqa: E402
 
+from benchmarks.flops import count_flops, measured_peaks  # noqa: E402
 from benchmarks.reference_loop import ReferenceLoop  # noqa: E402
 from pipeline.data import ClassPool, DataSpec, LabeledImages  # noqa: E402
-from pipeline.engine import COMPILE_AUTO_ITERATIONS, Condenser, EngineSettings, use_compile  # noqa: E402
+from pipeline.engine import Condenser, EngineSettings  # noqa: E402
+
+MODES = {"eager": dict(compile=False), "compiled": dict(compile=True),
+         "compiled_bf16": dict(compile=True, precision="bf16")}
 
 
 def random_dataset(classes: int, per_class: int, channels: int, size: int) -> LabeledImages:
@@ -33,8 +48,8 @@ def random_dataset(classes: int, per_class: int, channels: int, size: int) -> La
     return LabeledImages(images, torch.arange(classes).repeat_interleave(per_class), [str(c) for c in range(classes)])
 
 
-def time_steps(loop, iterations: int, device: torch.device) -> float:
-    loop.step()  # warm-up: allocator, first encoder
+def timed_steps(loop, iterations: int, device: torch.device) -> float:
+    """Iterations per second of ``iterations`` consecutive steps."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -43,6 +58,19 @@ def time_steps(loop, iterations: int, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return iterations / (time.perf_counter() - start)
+
+
+def compare(loops: dict, iterations: int, rounds: int, device: torch.device) -> dict[str, float]:
+    """Median it/s of each loop over ``rounds`` turns, after one warm-up step each (which also
+    compiles: a compiled loop's second step compiles its backward, so two warm-ups)."""
+    for loop in loops.values():
+        loop.step()
+        loop.step()
+    speeds = {name: [] for name in loops}
+    for _ in range(rounds):
+        for name, loop in loops.items():
+            speeds[name].append(timed_steps(loop, iterations, device))
+    return {name: statistics.median(v) for name, v in speeds.items()}
 
 
 def main() -> None:
@@ -54,41 +82,57 @@ def main() -> None:
     ap.add_argument("--factor", type=int, default=2)
     ap.add_argument("--batch-real", type=int, default=128)
     ap.add_argument("--encoder", default="convnet3")
-    ap.add_argument("--iterations", type=int, default=4)
+    ap.add_argument("--iterations", type=int, default=3, help="steps per timed round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--chunk-classes", type=int, default=0, help="ours: classes per forward (0: auto-tuned)")
+    ap.add_argument("--modes", default="eager,compiled,compiled_bf16", help=f"modes of ours, from {sorted(MODES)}")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                    help="also time ours with torch.compile, as long runs use it (auto: if this machine can compile)")
+    ap.add_argument("--peak-seconds", type=float, default=1.0, help="time per peak measurement (0: skip peaks)")
     args = ap.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     data = random_dataset(args.classes, max(args.batch_real, args.ipc * args.factor**2) + 8, args.channels, args.size)
     spec = DataSpec(args.classes, args.channels, (args.size, args.size), (0.5,) * args.channels, (0.25,) * args.channels)
-    s = EngineSettings(data=spec, ipc=args.ipc, factor=args.factor, batch_real=args.batch_real, encoder=args.encoder)
+    s = EngineSettings(data=spec, ipc=args.ipc, factor=args.factor, batch_real=args.batch_real, encoder=args.encoder,
+                       chunk_classes=args.chunk_classes)
     classes = list(range(args.classes))
     pool = ClassPool.from_labeled(data, classes, device)
-    ours = time_steps(Condenser(s, pool, classes, device), args.iterations, device)
-    ref = time_steps(ReferenceLoop(s, pool, classes, device), args.iterations, device)
-    compiled = None
-    if args.compile == "on" or (args.compile == "auto" and use_compile("auto", COMPILE_AUTO_ITERATIONS)):
-        start = time.perf_counter()
-        condenser = Condenser(dataclasses.replace(s, compile=True), pool, classes, device)
-        condenser.step()
-        condenser.step()  # compiles the no-grad real forward and the synthetic forward + backward
-        compile_s = time.perf_counter() - start
-        compiled = time_steps(condenser, args.iterations, device)
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        ap.error(f"unknown modes {sorted(unknown)}; choose from {sorted(MODES)}")
+    settings = {m: dataclasses.replace(s, **MODES[m]) for m in modes}
+    loops = {"reference": ReferenceLoop(s, pool, classes, device),
+             **{m: Condenser(settings[m], pool, classes, device) for m in modes}}
+    speeds = compare(loops, args.iterations, args.rounds, device)
+    flops = {"reference": count_flops(ReferenceLoop(s, pool, classes, device).step),
+             "ours": count_flops(Condenser(dataclasses.replace(s, compile=False), pool, classes, device).step)}
+    peaks = measured_peaks(device, args.peak_seconds) if args.peak_seconds > 0 else {}
+    ref = speeds["reference"]
+
+    def of_peak(name: str) -> float | None:
+        precision = "bf16" if settings.get(name) and settings[name].precision == "bf16" else "fp32"
+        peak = peaks.get(f"conv_{precision}_gflops")
+        work = flops["reference" if name == "reference" else "ours"]
+        return speeds[name] * work / 1e9 / peak if peak else None
+
     shape = f"{args.classes} classes x {args.channels}x{args.size}x{args.size}, ipc {args.ipc}, factor {args.factor}, " \
             f"real batch {args.batch_real}, {args.encoder}"
-    print(f"{shape} on {device} (torch threads: {torch.get_num_threads()})")
-    print(f"ours (eager)         {ours:8.3f} it/s   {ours / ref:5.2f}x")
-    if compiled is not None:
-        print(f"ours (torch.compile) {compiled:8.3f} it/s   {compiled / ref:5.2f}x   (compiling took {compile_s:.0f} s, "
-              "excluded; long runs compile by default)")
-    print(f"reference            {ref:8.3f} it/s")
-    best = compiled if compiled is not None else ours
-    print(json.dumps({"ours_it_per_s": best, "reference_it_per_s": ref, "ratio": best / ref, "device": str(device),
-                      "shape": shape, "iterations": args.iterations, "threads": torch.get_num_threads(),
-                      "compiled": compiled is not None, "ours_eager_it_per_s": ours, "ratio_eager": ours / ref,
-                      "compile_seconds": compile_s if compiled is not None else None}))
+    chunks = {m: loops[m].chunk for m in modes}
+    print(f"{shape} on {device} (torch threads: {torch.get_num_threads()}; median of {args.rounds} rounds of "
+          f"{args.iterations} steps; classes per forward {chunks})")
+    print(f"FLOPs per step: ours {flops['ours'] / 1e9:.1f} G, reference {flops['reference'] / 1e9:.1f} G; peaks (GFLOP/s): "
+          + ", ".join(f"{k.removesuffix('_gflops')} {v:.0f}" for k, v in peaks.items()))
+    for name in ["reference", *modes]:
+        frac = of_peak(name)
+        print(f"{name:15s} {speeds[name]:8.3f} it/s  {speeds[name] / ref:5.2f}x  "
+              + (f"{100 * frac:5.1f}% of peak" if frac is not None else ""))
+    best = max(modes, key=lambda m: speeds[m]) if modes else "reference"
+    print(json.dumps({"ours_it_per_s": speeds[best], "reference_it_per_s": ref, "ratio": speeds[best] / ref,
+                      "best_mode": best, "it_per_s": speeds, "ratios": {m: speeds[m] / ref for m in modes},
+                      "fraction_of_peak": {n: of_peak(n) for n in speeds}, "flops_per_step": flops, "peaks": peaks,
+                      "chunk_classes": chunks, "device": str(device), "shape": shape, "iterations": args.iterations,
+                      "rounds": args.rounds, "threads": torch.get_num_threads()}))
 
 
 if __name__ == "__main__":

@@ -6,14 +6,19 @@ import sys
 from conftest import REPO
 
 
-def test_speed_vs_reference_prints_a_json_summary_last():
+def test_speed_vs_reference_prints_speeds_flops_and_fraction_of_peak_last():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.speed_vs_reference", "--classes", "3", "--size", "12",
-                           "--channels", "1", "--ipc", "1", "--batch-real", "8", "--iterations", "1",
-                           "--device", "cpu", "--compile", "off"], capture_output=True, text=True, cwd=REPO, timeout=300)
+                           "--channels", "1", "--ipc", "1", "--batch-real", "8", "--iterations", "1", "--rounds", "1",
+                           "--device", "cpu", "--modes", "eager", "--peak-seconds", "0.05"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"ours_it_per_s", "reference_it_per_s", "ratio", "device", "shape"} <= set(result)
     assert result["ours_it_per_s"] > 0 and result["reference_it_per_s"] > 0 and result["device"] == "cpu"
+    # The released loop also computes the encoder's weight gradients: more FLOPs for the same result.
+    assert 0 < result["flops_per_step"]["ours"] < result["flops_per_step"]["reference"]
+    assert result["peaks"]["conv_fp32_gflops"] > 0 and result["peaks"]["matmul_bf16_gflops"] > 0
+    assert 0 < result["fraction_of_peak"]["eager"] and 0 < result["fraction_of_peak"]["reference"]
 
 
 def test_data_throughput_reports_decode_rates_and_engine_feeding_times(tmp_path):
@@ -102,3 +107,16 @@ def test_pixel_shift_measures_how_far_condensation_moved_each_run(tmp_path):
     (line,) = [v for v in done.stdout.splitlines() if v.startswith("| digits")]
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[:5] == ["digits", "1", "m3d", "0.3", "3"] and float(cells[5]) > 0 and cells[6] == "1"
+
+
+def test_count_flops_counts_matmuls_forward_and_the_backward_that_runs():
+    import torch
+
+    from benchmarks.flops import count_flops
+
+    a, b = torch.randn(8, 16, requires_grad=True), torch.randn(16, 4)
+    assert count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
+    # backward: only the gradient for a (b needs none), one more matmul of the same size
+    assert count_flops(lambda: (a @ b).sum().backward()) == 2 * (2 * 8 * 16 * 4)
+    with torch.no_grad():
+        assert count_flops(lambda: torch.relu(b)) == 0  # elementwise work is not counted
