@@ -84,6 +84,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
     if cfg.workers is not None and cfg.workers < 1:
         raise ConfigError(f"workers={cfg.workers} must be >= 1 (or null: one per GPU)")
+    if not 0 < cfg.ray.eval_gpus <= 1:
+        raise ConfigError(f"ray.eval_gpus={cfg.ray.eval_gpus} must be in (0, 1]: the share of a GPU each evaluation "
+                          "task holds (device=cpu evaluates without GPUs)")
     if cfg.checkpoint_every < 0:
         raise ConfigError(f"checkpoint_every={cfg.checkpoint_every} must be >= 0")
     if cfg.eval.runs < 0:

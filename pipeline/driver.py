@@ -122,6 +122,9 @@ def condense_slices(cfg: DictConfig, store: RunStore, run: dict, backend: str, w
         nodes, devices = {i["node"] for i in infos}, sorted({i["device"] for i in infos})
         log(f"{len(splits)} worker(s) on {len(nodes)} node(s), {'/'.join(devices)}"
             + (f"; resumed at iteration {t}" if t else ""))
+        for info in infos:
+            for warning in info.get("warnings", []):
+                log(f"WARNING: {warning}")
         bar = tqdm(total=cfg.iterations, initial=t, desc=f"condense ({len(splits)} workers)", unit="it",
                    disable=not progress, dynamic_ncols=True, mininterval=1.0)
         loop_start, loop_from = time.perf_counter(), t
@@ -156,15 +159,23 @@ def evaluate_all(cfg: DictConfig, images, labels, backend: str, device, progress
     if backend == "ray":
         from pipeline.ray_backend import evaluate_remote
         log(f"evaluating: {len(jobs)} Ray tasks")
-        results = evaluate_remote(jobs, images, labels, test, settings, cfg)
+        results, placements = evaluate_remote(jobs, images, labels, test, settings, cfg)
+        for p in placements:
+            if p["warning"]:
+                log(f"WARNING: {p['warning']}")
+        places = [f"; {p['resources']['GPU']:g} of GPU {','.join(p['gpu_ids'])}" if p["gpu_ids"] else ""
+                  for p in placements]
     else:
         results = [train_and_test(images, labels, test, j["arch"], settings, j["seed"], device, progress=progress)
                    for j in jobs]
+        places = [""] * len(jobs)
     evals, curves = [], {}
     for arch in cfg.eval.archs:
-        mine = [r for j, r in zip(jobs, results, strict=True) if j["arch"] == arch]
-        for k, r in enumerate(mine):
-            log(f"eval {arch} run {k + 1}/{len(mine)}: last-epoch accuracy {100 * r.accuracy:.2f}% ({r.seconds:.0f}s)")
+        mine = [(r, place) for j, r, place in zip(jobs, results, places, strict=True) if j["arch"] == arch]
+        for k, (r, place) in enumerate(mine):
+            log(f"eval {arch} run {k + 1}/{len(mine)}: last-epoch accuracy {100 * r.accuracy:.2f}% "
+                f"({r.seconds:.0f}s{place})")
+        mine = [r for r, _ in mine]
         curves[arch] = [r.curve for r in mine]
         accs = [r.accuracy for r in mine]
         evals.append({"arch": arch, "epochs": settings.epochs, "runs": accs, "seeds": [r.seed for r in mine],

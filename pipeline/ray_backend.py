@@ -1,5 +1,6 @@
 """Ray placement for the driver: one actor per worker (a GPU each when the cluster has them,
-fractional CPUs otherwise), evaluation as tasks, resource checks that fail fast."""
+fractional CPUs otherwise), evaluation as tasks (``ray.eval_gpus`` of a GPU each), resource
+checks that fail fast."""
 from __future__ import annotations
 
 import os
@@ -36,16 +37,21 @@ def init(address: str | None) -> None:
              configure_logging=False)
 
 
-def cluster_gpus(wait_s: float, needed: int) -> float:
+def cluster_gpus(wait_s: float, needed: float) -> float:
     """GPUs in the cluster, waiting up to ``wait_s`` for ``needed`` of them (autoscaling)."""
     import ray
 
     deadline = time.monotonic() + wait_s
     while True:
         gpus = ray.cluster_resources().get("GPU", 0)
-        if gpus >= needed or time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if gpus >= needed or left <= 0:
             return gpus
-        time.sleep(2)
+        time.sleep(min(2.0, left))
+
+
+def _waited(wait_s: float) -> str:
+    return f" after waiting ray.wait_for_gpus_s={wait_s:g} s for GPU nodes" if wait_s > 0 else ""
 
 
 def actor_resources(cfg, workers: int) -> dict[str, Any]:
@@ -54,10 +60,13 @@ def actor_resources(cfg, workers: int) -> dict[str, Any]:
     import ray
 
     want_gpu = cfg.device == "cuda"
-    gpus = cluster_gpus(cfg.ray.wait_for_gpus_s if want_gpu else 0, workers if want_gpu else 0)
+    wait = cfg.ray.wait_for_gpus_s if want_gpu else 0
+    gpus = cluster_gpus(wait, workers if want_gpu else 0)
     if want_gpu and gpus < workers:
-        raise ResourceError(f"device=cuda with workers={workers} needs {workers} GPUs, the Ray cluster has {gpus:g} "
-                            f"(resources: {ray.cluster_resources()}); set workers={int(gpus)} or device=cpu")
+        fix = f"set workers={int(gpus)} or device=cpu" if gpus >= 1 else "set device=cpu, or ray.wait_for_gpus_s " \
+            "long enough for autoscaled GPU nodes to join"
+        raise ResourceError(f"device=cuda with workers={workers} needs {workers} GPUs, the Ray cluster has {gpus:g}"
+                            f"{_waited(wait)} (resources: {ray.cluster_resources()}); {fix}")
     if cfg.device == "auto" and 0 < gpus < workers:
         raise ResourceError(f"workers={workers} but the Ray cluster has {gpus:g} GPUs; set workers={int(gpus)} "
                             "(one per GPU) or device=cpu")
@@ -123,22 +132,47 @@ def _span(classes: list[int]) -> str:
     return f"{classes[0]}..{classes[-1]}" if len(classes) > 1 else str(classes[0])
 
 
-def evaluate_remote(jobs: list[dict], images, labels, test, settings, cfg) -> list:
-    """Run ``train_and_test`` for each job as a Ray task (a GPU each when the cluster has them)."""
+def evaluate_remote(jobs: list[dict], images, labels, test, settings, cfg) -> tuple[list, list[dict]]:
+    """Run ``train_and_test`` for each job as a Ray task, holding ``ray.eval_gpus`` of a GPU
+    each when the cluster has GPUs (and device is not cpu). Returns the results and, per
+    job, what it held: ``{"gpu_ids", "resources", "warning"}``."""
     import ray
 
-    gpu = cfg.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
-    if cfg.device == "cuda" and not gpu:
-        raise ResourceError("device=cuda but the Ray cluster has no GPU for evaluation tasks")
-    task = ray.remote(_evaluate_one).options(num_cpus=cfg.ray.eval_cpus, num_gpus=1 if gpu else 0)
+    share = float(cfg.ray.eval_gpus)
+    wait = cfg.ray.wait_for_gpus_s if cfg.device == "cuda" else 0
+    gpus = cluster_gpus(wait, share) if cfg.device != "cpu" else 0
+    if cfg.device == "cuda" and gpus < share:
+        raise ResourceError(f"device=cuda: each evaluation task asks ray.eval_gpus={share:g} GPU, the Ray cluster has "
+                            f"{gpus:g}{_waited(wait)}; set device=cpu or device=auto")
+    gpu = cfg.device != "cpu" and gpus >= share
+    task = ray.remote(_evaluate_one).options(num_cpus=cfg.ray.eval_cpus, num_gpus=share if gpu else 0)
     refs = dict(images=ray.put(images), labels=ray.put(labels), test=ray.put(test))
     futures = [task.remote(refs["images"], refs["labels"], refs["test"], j["arch"], settings, j["seed"],
-                           cfg.device) for j in jobs]
-    return ray.get(futures)
+                           cfg.device, f"evaluation {j['arch']} run {j['run'] + 1}") for j in jobs]
+    out = []
+    for j, ref in zip(jobs, futures, strict=True):
+        try:
+            out.append(ray.get(ref))
+        except ray.exceptions.RayTaskError as e:
+            # The other tasks are not cancelled: ray.cancel of a task that is just ending aborts
+            # the driver (Ray 2.60); they end with the driver's job.
+            cause = e.cause if getattr(e, "cause", None) is not None else e
+            raise WorkerError(f"evaluation {j['arch']} run {j['run'] + 1} failed: "
+                              f"{type(cause).__name__}: {cause}") from None
+    return [r for r, _ in out], [p for _, p in out]
 
 
-def _evaluate_one(images, labels, test, arch, settings, seed, device_name):
+def _evaluate_one(images, labels, test, arch, settings, seed, device_name, who):
+    import sys
+
+    import ray
+
     from pipeline.evaluate import train_and_test
-    from pipeline.worker import pick_device
+    from pipeline.worker import check_assigned_gpus, pick_device, ray_gpu_ids
 
-    return train_and_test(images, labels, test, arch, settings, seed, pick_device(device_name), progress=False)
+    warning = check_assigned_gpus(device_name, who)
+    if warning:  # now, for whoever follows the logs; the driver repeats it with the result
+        print(f"[m3d] WARNING: {warning}", file=sys.stderr, flush=True)
+    result = train_and_test(images, labels, test, arch, settings, seed, pick_device(device_name), progress=False)
+    return result, {"gpu_ids": ray_gpu_ids(), "warning": warning,
+                    "resources": ray.get_runtime_context().get_assigned_resources()}

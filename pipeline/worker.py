@@ -16,6 +16,45 @@ from pipeline.data import open_class_pool
 from pipeline.engine import Condenser, EngineSettings, condense
 
 
+class GPUUnavailableError(RuntimeError):
+    """Ray assigned GPUs to this process, device=cuda, and torch sees no CUDA device."""
+
+
+def ray_gpu_ids() -> list[str]:
+    """The GPU ids Ray assigned to this process (an actor or task that asked for num_gpus);
+    empty outside Ray and in the driver."""
+    ray = sys.modules.get("ray")  # every Ray worker process has imported it; importing it here costs seconds
+    if ray is None or not ray.is_initialized():
+        return []
+    return [str(g) for g in ray.get_gpu_ids()]
+
+
+def where() -> str:
+    """This process's host, node IP and Ray node id, for messages about placement."""
+    host = os.uname().nodename
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return f"host {host}"
+    return f"node {host} ({ray.util.get_node_ip_address()}, Ray node {ray.get_runtime_context().get_node_id()})"
+
+
+def check_assigned_gpus(device_name: str, who: str) -> str | None:
+    """A process Ray gave GPUs to but whose torch sees no CUDA device (a broken driver, a
+    CPU-only torch on a GPU node) would otherwise hold the GPUs and compute on the CPU:
+    device=cuda raises GPUUnavailableError, device=auto returns the warning to show. ``who``
+    names the process in the message ("worker 0 (classes 0..4)"). None when all is well."""
+    gpus = ray_gpu_ids()
+    if not gpus or device_name == "cpu" or torch.cuda.is_available():
+        return None
+    why = (f"torch {torch.__version__} is a CPU-only build" if torch.version.cuda is None
+           else f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no CUDA device (driver?)")
+    problem = (f"{who} on {where()} holds GPU {','.join(gpus)} from Ray (CUDA_VISIBLE_DEVICES="
+               f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')}) but {why}")
+    if device_name == "cuda":
+        raise GPUUnavailableError(f"{problem}; device=cuda cannot run there")
+    return f"{problem}; it runs on the CPU (device=auto)"
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -30,9 +69,11 @@ class ClassWorker:
     def __init__(self, cfg: dict, classes: list[int], run_url: str, log_prefix: str = ""):
         self.cfg = OmegaConf.create(cfg)
         self.classes = sorted(int(c) for c in classes)
+        self.prefix = log_prefix
+        # Shown by the driver, which reads them from info() as soon as the actors are up.
+        self.warnings = [w for w in [check_assigned_gpus(self.cfg.device, self._who())] if w]
         self.device = pick_device(self.cfg.device)
         self.store = RunStore(run_url)
-        self.prefix = log_prefix
         start = time.perf_counter()
         pool = open_class_pool(self.cfg.data, self.classes, self.device, progress=False, log=self._log)
         self.condenser = Condenser(EngineSettings.from_config(self.cfg), pool, self.classes, self.device)
@@ -46,9 +87,11 @@ class ClassWorker:
             self._restore(run)
             self._log(f"restored from the checkpoint of iteration {self.restored_from}")
 
+    def _who(self) -> str:
+        return f"{self.prefix or 'worker'} (classes {self.classes[0]}..{self.classes[-1]})"
+
     def _log(self, msg: str) -> None:
-        span = f"{self.classes[0]}..{self.classes[-1]}"
-        print(f"[m3d] {self.prefix or 'worker'} (classes {span}): {msg}", file=sys.stderr, flush=True)
+        print(f"[m3d] {self._who()}: {msg}", file=sys.stderr, flush=True)
 
     def _restore(self, run: dict) -> None:
         state = self.store.restore(run, self.classes)
@@ -60,7 +103,8 @@ class ClassWorker:
     def info(self) -> dict:
         return {"classes": self.classes, "iteration": self.condenser.iteration, "restored_from": self.restored_from,
                 "device": str(self.device), "pid": os.getpid(), "host": os.uname().nodename, "node": _node_id(),
-                "class_names": self.condenser.pool.class_names}
+                "class_names": self.condenser.pool.class_names, "where": where(), "gpu_ids": ray_gpu_ids(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "warnings": self.warnings}
 
     def run_until(self, target: int, checkpoint: bool) -> dict:
         """Step to iteration ``target``; write this slice's checkpoint there if ``checkpoint``.

@@ -118,12 +118,17 @@ def test_sigkilled_driver_rerun_resumes_from_the_last_checkpoint_and_ends_identi
     assert again.returncode == 0 and "finished earlier; nothing to do" in again.stderr
 
 
-def test_asking_for_gpus_the_cluster_lacks_fails_within_seconds(ray_head, tmp_path, capsys):
+@pytest.mark.parametrize("wait_s", [0, 3])
+def test_asking_for_gpus_the_cluster_lacks_fails_within_seconds(ray_head, tmp_path, capsys, wait_s):
+    # wait_s > 0: the autoscaling wait (ray.wait_for_gpus_s) runs out, then the same error, naming the wait.
     start = time.monotonic()
     assert main(["digits", f"out_dir={tmp_path}", "run_name=g", *TINY[:-1], "device=cuda",
-                 *_ray(ray_head[0], 2)]) == 2
-    assert "needs 2 GPUs, the Ray cluster has 0" in capsys.readouterr().err
-    assert time.monotonic() - start < 30
+                 f"ray.wait_for_gpus_s={wait_s}", *_ray(ray_head[0], 2)]) == 2
+    seconds = time.monotonic() - start
+    err = capsys.readouterr().err
+    assert "device=cuda with workers=2 needs 2 GPUs, the Ray cluster has 0" in err
+    assert (f"after waiting ray.wait_for_gpus_s={wait_s} s for GPU nodes" in err) == (wait_s > 0)
+    assert wait_s <= seconds < wait_s + 30
     assert not (tmp_path / "g" / "summary.json").exists()
 
 
