@@ -15,8 +15,17 @@ FLOPs are matmul/convolution FLOPs of one step (``benchmarks/flops.py``); the re
 more (its backward also computes the encoder's weight gradients). "of peak" divides a loop's
 achieved FLOP/s by the measured convolution peak of its precision.
 
+Evaluation (``--eval-modes``, empty to skip): ``--eval-runs`` ConvNet-3 models trained from
+scratch, one after another as the driver does, on a synthetic set of ``--ipc`` x factor^2
+decoded images per class with the released recipe (DSA, CutMix, SGD), for ``--eval-epochs``
+epochs per round. The baseline is eager fp32, the released evaluation's structure (IDC's
+``train``: augment, CutMix, forward, backward, step per mini-batch); the other modes change
+only the arithmetic (``eval.compile``, ``eval.precision``). Speeds are evaluation epochs per
+second of all ``--eval-runs`` models together (median over rounds, compiling outside).
+
 Prints a table and, as the last stdout line, one JSON object with at least ours_it_per_s,
-reference_it_per_s, ratio, device, shape, flops_per_step and peaks.
+reference_it_per_s, ratio, device, shape, flops_per_step and peaks, and eval_epochs_per_s,
+eval_ratios, eval_flops_per_epoch and eval_fraction_of_peak when evaluation is timed.
 """
 from __future__ import annotations
 
@@ -37,9 +46,12 @@ from benchmarks.flops import count_flops, measured_peaks  # noqa: E402
 from benchmarks.reference_loop import ReferenceLoop  # noqa: E402
 from pipeline.data import ClassPool, DataSpec, LabeledImages  # noqa: E402
 from pipeline.engine import Condenser, EngineSettings  # noqa: E402
+from pipeline.evaluate import EvalSettings, train_and_test  # noqa: E402
 
 MODES = {"eager": dict(compile=False), "compiled": dict(compile=True),
          "compiled_bf16": dict(compile=True, precision="bf16")}
+EVAL_MODES = {"eager": dict(compile=False), "compiled": dict(compile=True), "eager_bf16": dict(precision="bf16"),
+              "compiled_bf16": dict(compile=True, precision="bf16")}
 
 
 def random_dataset(classes: int, per_class: int, channels: int, size: int) -> LabeledImages:
@@ -73,6 +85,40 @@ def compare(loops: dict, iterations: int, rounds: int, device: torch.device) -> 
     return {name: statistics.median(v) for name, v in speeds.items()}
 
 
+class EvalLoop:
+    """``runs`` evaluations (train from scratch, test once at the end) of ``epochs`` epochs each
+    per ``step``, as the driver runs them one after another."""
+
+    def __init__(self, settings: EvalSettings, images: torch.Tensor, labels: torch.Tensor, test: LabeledImages,
+                 runs: int, device: torch.device):
+        self.s, self.images, self.labels, self.test, self.runs, self.device = settings, images, labels, test, runs, device
+        self.seed = 0
+
+    def step(self) -> None:
+        for _ in range(self.runs):
+            self.seed += 1
+            train_and_test(self.images, self.labels, self.test, "convnet3", self.s, self.seed, self.device)
+
+
+def eval_comparison(args, spec: DataSpec, device: torch.device, modes: list[str]) -> dict:
+    """Epochs/s of each evaluation mode (all runs together), their ratios to eager fp32, and
+    the FLOPs of one training epoch of one model."""
+    n = args.ipc * args.factor**2
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(args.classes * n, args.channels, args.size, args.size, generator=g)
+    labels = torch.arange(args.classes).repeat_interleave(n)
+    test = random_dataset(args.classes, 1, args.channels, args.size)  # the timing is training's: a token test set
+    base = EvalSettings(data=spec, epochs=args.eval_epochs, test_every=10**9)
+    loops = {m: EvalLoop(dataclasses.replace(base, **EVAL_MODES[m]), images, labels, test, args.eval_runs, device)
+             for m in ["eager", *[m for m in modes if m != "eager"]]}
+    rates = compare(loops, 1, args.rounds, device)  # rounds of one step = runs x eval_epochs epochs
+    epochs_per_s = {m: r * args.eval_epochs for m, r in rates.items()}
+    one_epoch = dataclasses.replace(base, epochs=1)
+    flops = count_flops(lambda: train_and_test(images, labels, test, "convnet3", one_epoch, 0, device))
+    return {"eval_epochs_per_s": epochs_per_s, "eval_ratios": {m: v / epochs_per_s["eager"] for m, v in epochs_per_s.items()},
+            "eval_flops_per_epoch": flops * args.eval_runs, "eval_runs": args.eval_runs, "eval_epochs": args.eval_epochs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--classes", type=int, default=10)
@@ -86,6 +132,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--chunk-classes", type=int, default=0, help="ours: classes per forward (0: auto-tuned)")
     ap.add_argument("--modes", default="eager,compiled,compiled_bf16", help=f"modes of ours, from {sorted(MODES)}")
+    ap.add_argument("--eval-modes", default="eager,compiled,eager_bf16,compiled_bf16",
+                    help=f"evaluation modes, from {sorted(EVAL_MODES)} (eager fp32 is the baseline; empty: skip)")
+    ap.add_argument("--eval-runs", type=int, default=3, help="models per evaluation (eval.runs)")
+    ap.add_argument("--eval-epochs", type=int, default=2, help="epochs per model per timed round")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--peak-seconds", type=float, default=1.0, help="time per peak measurement (0: skip peaks)")
     args = ap.parse_args()
@@ -98,9 +148,10 @@ def main() -> None:
     classes = list(range(args.classes))
     pool = ClassPool.from_labeled(data, classes, device)
     modes = [m for m in args.modes.split(",") if m]
-    unknown = set(modes) - set(MODES)
-    if unknown:
-        ap.error(f"unknown modes {sorted(unknown)}; choose from {sorted(MODES)}")
+    eval_modes = [m for m in args.eval_modes.split(",") if m]
+    for given, valid in ((modes, MODES), (eval_modes, EVAL_MODES)):
+        if set(given) - set(valid):
+            ap.error(f"unknown modes {sorted(set(given) - set(valid))}; choose from {sorted(valid)}")
     settings = {m: dataclasses.replace(s, **MODES[m]) for m in modes}
     loops = {"reference": ReferenceLoop(s, pool, classes, device),
              **{m: Condenser(settings[m], pool, classes, device) for m in modes}}
@@ -127,8 +178,20 @@ def main() -> None:
         frac = of_peak(name)
         print(f"{name:15s} {speeds[name]:8.3f} it/s  {speeds[name] / ref:5.2f}x  "
               + (f"{100 * frac:5.1f}% of peak" if frac is not None else ""))
+    ev = eval_comparison(args, spec, device, eval_modes) if eval_modes else {}
+    if ev:
+        model_epoch_gflop = ev["eval_flops_per_epoch"] / args.eval_runs / 1e9
+        ev["eval_fraction_of_peak"] = {
+            m: v * model_epoch_gflop / peaks[f"conv_{EVAL_MODES[m].get('precision', 'fp32')}_gflops"]
+            for m, v in ev["eval_epochs_per_s"].items()} if peaks else {}
+        print(f"evaluation: {args.eval_runs} x convnet3 on {args.classes} x {args.ipc * args.factor**2} images, "
+              f"{model_epoch_gflop:.1f} GFLOP per model-epoch")
+        for m, v in ev["eval_epochs_per_s"].items():
+            frac = ev["eval_fraction_of_peak"].get(m)
+            print(f"eval {m:15s} {v:8.3f} epochs/s  {ev['eval_ratios'][m]:5.2f}x  "
+                  + (f"{100 * frac:5.1f}% of peak" if frac is not None else ""))
     best = max(modes, key=lambda m: speeds[m]) if modes else "reference"
-    print(json.dumps({"ours_it_per_s": speeds[best], "reference_it_per_s": ref, "ratio": speeds[best] / ref,
+    print(json.dumps({**ev, "ours_it_per_s": speeds[best], "reference_it_per_s": ref, "ratio": speeds[best] / ref,
                       "best_mode": best, "it_per_s": speeds, "ratios": {m: speeds[m] / ref for m in modes},
                       "fraction_of_peak": {n: of_peak(n) for n in speeds}, "flops_per_step": flops, "peaks": peaks,
                       "chunk_classes": chunks, "device": str(device), "shape": shape, "iterations": args.iterations,

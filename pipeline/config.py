@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from kernels import ESTIMATORS, KERNELS
 from models import list_models
 from models.augment import GEOMETRIC_OPS, OP_CHOICES, AugmentSpec
+from pipeline.compute import PRECISIONS
 
 BASE = "base"
 CHOICES = {
@@ -30,7 +31,9 @@ CHOICES = {
     "data.cache": ("auto", "device", "host", "stream"),
     "backend": ("auto", "local", "ray"),
     "compile": ("auto", True, False),
-    "precision": ("fp32", "bf16"),
+    "precision": PRECISIONS,
+    "eval.compile": ("auto", True, False),
+    "eval.precision": PRECISIONS,
 }
 # Keys a preset may leave null for the manifest of a prepared dataset to fill (preset custom).
 FROM_MANIFEST = ("data.num_classes", "data.channels", "data.image_size", "data.mean", "data.std")

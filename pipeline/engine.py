@@ -24,7 +24,7 @@ Update modes (``update_mode``):
 """
 from __future__ import annotations
 
-import shutil
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 
 from kernels import mmd2
 from models import NUM_UNIFORMS, AugmentSpec, augment, create_model, decode, mix_init
+from pipeline.compute import autocast, compiled_call, use_compile
 from pipeline.config import augment_spec
 from pipeline.data import ClassPool, DataSpec
 from pipeline.memory import classes_per_forward
@@ -57,7 +58,8 @@ class EngineSettings:
     encoder_width: int | None = None
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     compile: bool = False  # torch.compile the encoder forward (and its backward): ~2x on CPU after a one-off compile
-    chunk_classes: int = 0  # classes per forward; 0: as many as fit in memory (exact either way: per-image norm)
+    chunk_classes: int = 0  # classes per forward; 0: the fastest of a few sizes that fit in memory (timed once
+    #                         per shape and device; exact either way: per-image norm)
     precision: str = "fp32"  # fp32 | bf16: the encoder forwards under bf16 autocast (kernels stay fp32)
 
     @classmethod
@@ -66,7 +68,7 @@ class EngineSettings:
                    kernel=cfg.kernel, estimator=cfg.estimator, lr=cfg.lr, momentum=cfg.momentum,
                    batch_real=cfg.batch_real, update_mode=cfg.update_mode, seed=cfg.seed, init=cfg.init, encoder=cfg.encoder.arch,
                    encoder_width=cfg.encoder.width, augment=augment_spec(cfg.augment),
-                   compile=use_compile(cfg.compile, cfg.iterations), chunk_classes=cfg.chunk_classes,
+                   compile=use_compile(cfg.compile, cfg.iterations, COMPILE_AUTO_ITERATIONS), chunk_classes=cfg.chunk_classes,
                    precision=cfg.precision)
 
 
@@ -81,34 +83,6 @@ def build_encoder(s: EngineSettings, index: int, stream: str = "encoder") -> tor
 
 
 COMPILE_AUTO_ITERATIONS = 500  # from here on the one-off compile (20-60 s) is a small part of the run
-
-
-def use_compile(setting, iterations: int) -> bool:
-    """``compile``: true, false, or auto = long runs on a machine that can compile (a C++
-    compiler for CPU kernels, or a CUDA GPU for Triton ones)."""
-    if setting in (True, False):
-        return setting
-    can = torch.cuda.is_available() or any(shutil.which(c) for c in ("g++", "c++", "clang++"))
-    return bool(can and iterations >= COMPILE_AUTO_ITERATIONS)
-
-
-def _embed(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return net.embed(x)
-
-
-# One compiled function for every encoder: the weights are inputs of the graph, so the fresh
-# encoder of every ipm iterations reuses it (recompiled only per input shape and grad mode).
-_compiled_embed = None
-
-
-def embed_fn(compiled: bool):
-    """``f(net, x) -> net.embed(x)``, through torch.compile when ``compiled``."""
-    global _compiled_embed
-    if not compiled:
-        return _embed
-    if _compiled_embed is None:
-        _compiled_embed = torch.compile(_embed, dynamic=False)
-    return _compiled_embed
 
 
 def initial_images(pool: ClassPool, classes: Sequence[int], s: EngineSettings) -> torch.Tensor:
@@ -131,6 +105,21 @@ def augment_uniforms(s: EngineSettings, iteration: int) -> torch.Tensor:
     return torch.rand(s.data.num_classes, NUM_UNIFORMS, generator=generator(s.seed, "augment", iteration))
 
 
+# Classes per forward chosen by timing, per (shape, mode, device): a process tunes each once.
+_TUNED_CHUNKS: dict[tuple, int] = {}
+MAX_CHUNK_CANDIDATES = 4
+
+
+def chunk_candidates(classes: int, largest: int) -> list[int]:
+    """Up to MAX_CHUNK_CANDIDATES divisors of ``classes`` (no ragged last chunk, no extra
+    compiled shape) from 1 to the largest that fits, spread evenly on a log scale."""
+    divisors = [d for d in range(1, largest + 1) if classes % d == 0]
+    if len(divisors) <= MAX_CHUNK_CANDIDATES:
+        return divisors
+    picks = {round(i * (len(divisors) - 1) / (MAX_CHUNK_CANDIDATES - 1)) for i in range(MAX_CHUNK_CANDIDATES)}
+    return [divisors[i] for i in sorted(picks)]
+
+
 def drift(mu: float, n: int) -> float:
     """sum_{j=1..n} mu^j: how far n zero-gradient momentum steps move, in units of lr * buffer."""
     return sum(mu**j for j in range(1, n + 1))
@@ -148,8 +137,10 @@ class Condenser:
         self.momentum = torch.zeros_like(self.images)
         self.iteration = 0
         self._encoder_index, self._encoder = None, None
-        self._embed = embed_fn(s.compile)
+        self._embed = compiled_call("embed", s.compile)
+        # The memory bound; with chunk_classes=0 the first step times a few sizes up to it.
         self.chunk = classes_per_forward(s, len(self.classes), self.device, s.chunk_classes)
+        self._chunk_tuned = s.chunk_classes > 0
         # Per-row constants of the reference replay: class c (position c in the released loop's
         # class order) drifts c steps before its gradient step and C - 1 - c after it.
         mu, lr, last = s.momentum, s.lr, s.data.num_classes - 1
@@ -205,7 +196,7 @@ class Condenser:
 
     def _autocast(self):
         """bf16 autocast of the encoder when ``precision=bf16``; the MMD stays in fp32."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.s.precision == "bf16")
+        return autocast(self.device, self.s.precision)
 
     def losses_and_grad(self, at: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-class losses at images ``at`` and their gradient, ``self.chunk`` classes per
@@ -221,9 +212,35 @@ class Condenser:
             grads.append(grad)
         return torch.cat(losses), torch.cat(grads)
 
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def tune_chunk(self) -> int:
+        """The fastest number of classes per forward among ``chunk_candidates``: each size runs
+        a throwaway forward and backward of its first chunk at the current iteration (warm-up,
+        then timed; nothing is updated), compared per class. Cached per shape, mode and device."""
+        s = self.s
+        key = (s.encoder, s.encoder_width, s.data.channels, tuple(s.data.image_size), s.ipc, s.factor, s.batch_real,
+               s.precision, s.compile, str(self.device), len(self.classes), self.chunk)
+        if key not in _TUNED_CHUNKS:
+            per_class = {}
+            for k in chunk_candidates(len(self.classes), self.chunk):
+                part = self.images[:k * s.ipc].detach().requires_grad_(True)
+                for _ in range(2):  # warm-up (and compile), then the timed run
+                    self._sync()
+                    start = time.perf_counter()
+                    torch.autograd.grad(self.class_losses(part, self.iteration, self.classes[:k]).sum(), part)
+                    self._sync()
+                per_class[k] = (time.perf_counter() - start) / k
+            _TUNED_CHUNKS[key] = min(per_class, key=per_class.get)
+        return _TUNED_CHUNKS[key]
+
     def step(self) -> torch.Tensor:
         """Run iteration ``self.iteration``; returns the per-class losses (detached, CPU)."""
         s, t = self.s, self.iteration
+        if not self._chunk_tuned:
+            self.chunk, self._chunk_tuned = self.tune_chunk(), True
         if s.update_mode == "reference":
             at = self.images - self._pre_shift * self.momentum
             losses, grad = self.losses_and_grad(at, t)

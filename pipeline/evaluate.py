@@ -8,13 +8,17 @@ training recipes, as released:
 - ``imagenet``: RandomResizedCrop(0.5-1), flip, colour jitter and PCA lighting per image,
   CutMix on every mini-batch; epochs from IDC's table on the decoded images per class
   (``imagenet_epochs``); lr 0.1, weight decay 1e-4, batch 128 for 100 or more classes (presets).
+Speed (``eval.compile``, ``eval.precision``): the model may run through ``torch.compile`` and
+under bf16 autocast; neither changes the recipe, only the arithmetic (BENCHMARKS.md has the
+speed and the accuracy of each).
+
 We report the last-epoch accuracy; the best accuracy seen on the test set is kept only for
 comparison with the reference, which reports it, and is labelled as such.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,9 +26,14 @@ from omegaconf import DictConfig
 from torch.nn import functional as F
 
 from models import NUM_UNIFORMS, AugmentSpec, augment, create_model, imagenet_augment
+from pipeline.compute import autocast, use_compile
 from pipeline.config import augment_spec
 from pipeline.data import DataSpec, LabeledImages
 from pipeline.seeding import derive_seed, generator
+
+# Optimizer steps from which eval.compile=auto compiles: the one-off compile (about a minute
+# for the training and test graphs on CPU) is then a small part of the run.
+COMPILE_AUTO_STEPS = 3000
 
 # The released low-resolution evaluation augmentation: color_crop_flip_scale_rotate minus cutout.
 DSA_EVAL = AugmentSpec(flip=True, color=True, geometric=("crop", "scale", "rotate"), op_per="batch", cutout=False)
@@ -53,6 +62,8 @@ class EvalSettings:
     cutmix_prob: float = 0.5
     test_every: int = 100
     augment: AugmentSpec = DSA_EVAL  # recipe dsa only
+    compile: bool = False  # torch.compile the model (same recipe, fused kernels)
+    precision: str = "fp32"  # fp32 | bf16: forwards and backwards under bf16 autocast, fp32 weights and loss
 
     @classmethod
     def from_config(cls, cfg: DictConfig, images_per_class: int | None = None) -> "EvalSettings":
@@ -62,9 +73,11 @@ class EvalSettings:
         epochs = e.epochs
         if epochs is None:
             epochs = imagenet_epochs(images_per_class or cfg.ipc * cfg.factor**2, cfg.data.num_classes)
+        steps = epochs * -(-(images_per_class or cfg.ipc * cfg.factor**2) * cfg.data.num_classes // e.batch_size)
         return cls(data=DataSpec.from_config(cfg.data), epochs=epochs, lr=e.lr, momentum=e.momentum,
                    weight_decay=e.weight_decay, batch_size=e.batch_size, recipe=e.recipe, cutmix_prob=e.cutmix_prob,
-                   test_every=e.test_every, augment=augment_spec(e.augment))
+                   test_every=e.test_every, augment=augment_spec(e.augment),
+                   compile=use_compile(e.compile, steps, COMPILE_AUTO_STEPS), precision=e.precision)
 
 
 @dataclass
@@ -75,6 +88,7 @@ class EvalResult:
     best_accuracy: float  # best test accuracy seen during training (test-set selection)
     curve: list[tuple[int, float]]  # (epoch, test accuracy)
     seconds: float
+    losses: list[float] = field(default_factory=list)  # mean training loss of every epoch
 
 
 @torch.no_grad()
@@ -85,7 +99,9 @@ def test_accuracy(model: torch.nn.Module, test: LabeledImages, s: EvalSettings, 
     correct = 0
     for i in range(0, len(test.labels), chunk):
         x = s.data.normalize(test.images[i:i + chunk].to(device).float().div_(255.0))
-        correct += int((model(x).argmax(1).cpu() == test.labels[i:i + chunk]).sum())
+        with autocast(device, s.precision):
+            logits = model(x)
+        correct += int((logits.argmax(1).cpu() == test.labels[i:i + chunk]).sum())
     model.train()
     return correct / len(test.labels)
 
@@ -117,6 +133,27 @@ def train_batch(x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor, s: 
     return augment(s.data.normalize(x), u, torch.arange(len(idx)), s.augment), y
 
 
+def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, x_all: torch.Tensor, y_all: torch.Tensor,
+                s: EvalSettings, g: torch.Generator) -> float:
+    """One epoch of SGD over ``x_all`` (N, C, H, W) in [0, 1] in random mini-batches, with the
+    recipe's augmentation and CutMix; returns the mean training loss."""
+    total = torch.zeros((), device=x_all.device)
+    batches = torch.randperm(len(y_all), generator=g).split(s.batch_size)
+    for idx in batches:
+        x, y = train_batch(x_all, y_all, idx.to(x_all.device), s, g)
+        mix = float(torch.rand(1, generator=g)) < s.cutmix_prob
+        if mix:
+            x, y_b, lam = _cutmix(x, y, g)
+        with autocast(x_all.device, s.precision):
+            out = net(x).float()
+        loss = lam * F.cross_entropy(out, y) + (1 - lam) * F.cross_entropy(out, y_b) if mix else F.cross_entropy(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.detach()
+    return float(total) / len(batches)
+
+
 def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: LabeledImages, arch: str, s: EvalSettings,
                    seed: int, device: torch.device | str = "cpu", progress: bool = False) -> EvalResult:
     """Train ``arch`` from scratch on ``images`` (N, C, H, W) floats in [0, 1] with ``labels`` (N,)
@@ -132,25 +169,15 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: LabeledImag
     milestones = [s.epochs * 2 // 3, s.epochs * 5 // 6]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.2)
     g = generator(seed, "eval-train", arch)
+    # Compiled per model: a new model of an architecture seen before reuses its compiled code.
+    net = torch.compile(model, dynamic=False) if s.compile else model
     x_all, y_all = images.to(device).float(), labels.to(device)
-    n = len(y_all)
-    curve = []
+    curve, losses = [], []
     model.train()
     for epoch in tqdm(range(1, s.epochs + 1), desc=f"eval {arch}", unit="ep", disable=not progress, leave=False):
-        for idx in torch.randperm(n, generator=g).split(s.batch_size):
-            idx = idx.to(device)
-            x, y = train_batch(x_all, y_all, idx, s, g)
-            if float(torch.rand(1, generator=g)) < s.cutmix_prob:
-                x, y_b, lam = _cutmix(x, y, g)
-                out = model(x)
-                loss = lam * F.cross_entropy(out, y) + (1 - lam) * F.cross_entropy(out, y_b)
-            else:
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        losses.append(train_epoch(net, opt, x_all, y_all, s, g))
         sched.step()
         if epoch % s.test_every == 0 or epoch == s.epochs:
-            curve.append((epoch, test_accuracy(model, test, s, device)))
+            curve.append((epoch, test_accuracy(net, test, s, device)))
     return EvalResult(arch=arch, seed=seed, accuracy=curve[-1][1], best_accuracy=max(a for _, a in curve),
-                      curve=curve, seconds=time.perf_counter() - start)
+                      curve=curve, seconds=time.perf_counter() - start, losses=losses)

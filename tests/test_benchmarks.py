@@ -9,7 +9,8 @@ from conftest import REPO
 def test_speed_vs_reference_prints_speeds_flops_and_fraction_of_peak_last():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.speed_vs_reference", "--classes", "3", "--size", "12",
                            "--channels", "1", "--ipc", "1", "--batch-real", "8", "--iterations", "1", "--rounds", "1",
-                           "--device", "cpu", "--modes", "eager", "--peak-seconds", "0.05"],
+                           "--device", "cpu", "--modes", "eager", "--peak-seconds", "0.05", "--eval-modes",
+                           "eager,eager_bf16", "--eval-runs", "2", "--eval-epochs", "1"],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -19,6 +20,9 @@ def test_speed_vs_reference_prints_speeds_flops_and_fraction_of_peak_last():
     assert 0 < result["flops_per_step"]["ours"] < result["flops_per_step"]["reference"]
     assert result["peaks"]["conv_fp32_gflops"] > 0 and result["peaks"]["matmul_bf16_gflops"] > 0
     assert 0 < result["fraction_of_peak"]["eager"] and 0 < result["fraction_of_peak"]["reference"]
+    # Evaluation: epochs/s of both modes, eager fp32 the baseline, and the FLOPs of an epoch of 2 models.
+    assert result["eval_ratios"]["eager"] == 1 and result["eval_epochs_per_s"]["eager_bf16"] > 0
+    assert result["eval_flops_per_epoch"] > 0 and 0 < result["eval_fraction_of_peak"]["eager_bf16"] < 1
 
 
 def test_data_throughput_reports_decode_rates_and_engine_feeding_times(tmp_path):

@@ -148,6 +148,40 @@ def test_chunked_forwards_give_the_same_synthetic_set(tiny_data, mode):
     torch.testing.assert_close(chunked.momentum, whole.momentum, rtol=0, atol=1e-6)
 
 
+def test_chunk_candidates_are_divisors_up_to_the_memory_bound_spread_on_a_log_scale():
+    from pipeline.engine import chunk_candidates
+
+    assert chunk_candidates(10, 10) == [1, 2, 5, 10]
+    assert chunk_candidates(10, 4) == [1, 2]  # 4 would leave a ragged chunk (another compiled shape)
+    assert chunk_candidates(100, 100) == [1, 5, 20, 100]
+    assert chunk_candidates(7, 7) == [1, 7]
+
+
+def test_auto_chunk_times_each_candidate_once_per_shape_and_keeps_the_fastest(tiny_data, monkeypatch):
+    from pipeline import engine
+
+    monkeypatch.setattr(engine, "_TUNED_CHUNKS", {})
+    sizes = []
+    original = Condenser.class_losses
+
+    def recording(self, images, iteration, classes=None):
+        sizes.append(len(classes))
+        return original(self, images, iteration, classes)
+
+    monkeypatch.setattr(Condenser, "class_losses", recording)
+    first = Condenser(settings(), ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    first.step()
+    # A warm-up and a timed dry run per candidate size, then the step in chunks of the winner.
+    assert sizes == [1, 1, 2, 2, 4, 4] + [first.chunk] * (4 // first.chunk) and first.chunk in (1, 2, 4)
+    sizes.clear()
+    second = Condenser(settings(), ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    second.step()
+    assert second.chunk == first.chunk and sizes == [first.chunk] * (4 // first.chunk)  # tuned once per shape
+    fixed = Condenser(settings(chunk_classes=4), ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    fixed.step()
+    torch.testing.assert_close(second.images, fixed.images, rtol=0, atol=1e-6)
+
+
 def test_memory_decides_the_classes_per_forward_and_refuses_what_cannot_fit(tiny_data, monkeypatch):
     from pipeline import memory
 

@@ -1,0 +1,62 @@
+"""How the networks run: compiled or eager, fp32 or bf16. One place for the engine and the
+evaluation, so both decide the same way.
+
+``compiled_call(name)`` returns one ``torch.compile``d function per name that calls a module
+method with the module as an argument (``f(net, x) = net.<name>(x)``). The module's weights
+are then inputs of the graph, so every fresh network of the same architecture (a new random
+encoder every ``ipm`` iterations, a new evaluation model every run) reuses the compiled code:
+it recompiles only per input shape and grad/train mode.
+"""
+from __future__ import annotations
+
+import shutil
+from typing import Callable
+
+import torch
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def can_compile() -> bool:
+    """A C++ compiler for CPU kernels, or a CUDA GPU for Triton kernels."""
+    return torch.cuda.is_available() or any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+def use_compile(setting, work: int, threshold: int) -> bool:
+    """``setting`` true/false, or "auto": compile when ``work`` (iterations, optimizer steps)
+    reaches ``threshold``, from where the one-off compile (20-60 s on CPU) is a small part of
+    the run, and the machine can compile."""
+    if setting in (True, False):
+        return setting
+    return bool(can_compile() and work >= threshold)
+
+
+def _call(method: str) -> Callable:
+    def call(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return getattr(net, method)(x)
+
+    call.__name__ = f"call_{method}"
+    return call
+
+
+_EAGER: dict[str, Callable] = {}
+_COMPILED: dict[str, Callable] = {}
+
+
+def compiled_call(method: str, compiled: bool) -> Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]:
+    """``f(net, x) -> net.<method>(x)``, through one shared ``torch.compile`` when ``compiled``."""
+    if method not in _EAGER:
+        _EAGER[method] = _call(method)
+    if not compiled:
+        return _EAGER[method]
+    if method not in _COMPILED:
+        _COMPILED[method] = torch.compile(_EAGER[method], dynamic=False)
+    return _COMPILED[method]
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast of what runs inside when ``precision="bf16"`` (convolutions and matmuls in
+    bf16; normalisation, losses and the weights stay fp32); a no-op for fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

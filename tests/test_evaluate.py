@@ -1,0 +1,48 @@
+"""pipeline/evaluate.py: the fast modes change the arithmetic, never the recipe."""
+import dataclasses
+
+import pytest
+import torch
+from conftest import synthetic_classes
+
+from pipeline.config import load_config
+from pipeline.data import DataSpec
+from pipeline.evaluate import COMPILE_AUTO_STEPS, EvalSettings, train_and_test
+
+
+@pytest.fixture(scope="module")
+def problem():
+    data = synthetic_classes(num_classes=4, per_class=20, size=12, channels=1)
+    spec = DataSpec(num_classes=4, channels=1, image_size=(12, 12), mean=(0.4,), std=(0.25,))
+    # 80 images in batches of 32: a ragged last batch, CutMix on about half of them.
+    return data, EvalSettings(data=spec, epochs=3, batch_size=32, test_every=1)
+
+
+def run(problem, **kw):
+    data, s = problem
+    return train_and_test(data.images.float() / 255, data.labels, data, "convnet3", dataclasses.replace(s, **kw), seed=7)
+
+
+def test_compiled_evaluation_follows_the_eager_losses_to_float_rounding(problem):
+    eager, compiled = run(problem), run(problem, compile=True)
+    assert len(eager.losses) == 3 and eager.losses[0] > eager.losses[-1]  # it trains
+    torch.testing.assert_close(torch.tensor(compiled.losses), torch.tensor(eager.losses), rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_evaluation_tracks_the_fp32_losses_but_changes_the_arithmetic(problem):
+    fp32, bf16 = run(problem), run(problem, precision="bf16")
+    torch.testing.assert_close(torch.tensor(bf16.losses), torch.tensor(fp32.losses), rtol=0.05, atol=0.02)
+    assert bf16.losses != fp32.losses
+
+
+def test_eval_compile_auto_compiles_long_evaluations_only(monkeypatch):
+    from pipeline import compute
+
+    monkeypatch.setattr(compute, "can_compile", lambda: True)
+    # digits: 10 classes x 4 decoded images, batch 64 -> 1 step per epoch
+    assert not EvalSettings.from_config(load_config("digits", [f"eval.epochs={COMPILE_AUTO_STEPS - 1}"])).compile
+    assert EvalSettings.from_config(load_config("digits", [f"eval.epochs={COMPILE_AUTO_STEPS}"])).compile
+    assert not EvalSettings.from_config(load_config("digits", ["eval.compile=false", "eval.epochs=5000"])).compile
+    assert EvalSettings.from_config(load_config("digits", ["eval.compile=true", "eval.epochs=1"])).compile
+    monkeypatch.setattr(compute, "can_compile", lambda: False)
+    assert not EvalSettings.from_config(load_config("digits", ["eval.epochs=5000"])).compile
