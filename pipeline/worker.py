@@ -132,11 +132,7 @@ class ClassWorker:
 
 def _node_id() -> str:
     """The Ray node this worker runs on (the host name outside Ray)."""
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return ray.get_runtime_context().get_node_id()
-    except ImportError:
-        pass
+    ray = sys.modules.get("ray")  # every Ray worker has imported it; the in-process backend need not
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
     return os.uname().nodename
