@@ -118,5 +118,10 @@ def ray_head(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``runs_last`` go to the end: `ray down` stops every Ray process on the machine."""
+    """Tests marked ``runs_last`` go to the end: `ray down` stops every Ray process on the machine.
+    Tests marked ``cuda`` are skipped where torch sees no CUDA device."""
     items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
+    if not torch.cuda.is_available():
+        for item in items:
+            if item.get_closest_marker("cuda") is not None:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
