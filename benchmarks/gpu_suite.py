@@ -79,7 +79,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from benchmarks.flops import count_flops, measured_peaks  # noqa: E402
 from benchmarks.record import git_commit  # noqa: E402
-from benchmarks.speed_vs_reference import compare, random_dataset  # noqa: E402
+from benchmarks.speed_vs_reference import EvalLoop, compare, random_dataset  # noqa: E402
 from pipeline.cli import run as run_preset  # noqa: E402
 from pipeline.compute import can_compile  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
@@ -569,20 +569,6 @@ def condense_speed(results: Results, sizes: Sizes, w: Workload, modes: list[str]
         results.guarded("condense_speed", {"workload": w.name, "mode": mode}, lambda m=mode: one_mode(m))
 
 
-class EvalRun:
-    """One ``arch`` model trained from scratch (and tested once at the end) per ``step``, each
-    step with a new seed, as the driver runs evaluations one after another."""
-
-    def __init__(self, arch: str, s: EvalSettings, images: torch.Tensor, labels: torch.Tensor, test: LabeledImages,
-                 device: torch.device):
-        self.arch, self.s, self.images, self.labels, self.test, self.device = arch, s, images, labels, test, device
-        self.seed = 0
-
-    def step(self) -> None:
-        self.seed += 1
-        train_and_test(self.images, self.labels, self.test, self.arch, self.s, self.seed, self.device)
-
-
 def eval_speed(results: Results, sizes: Sizes, w: Workload, modes: list[str], device: torch.device) -> None:
     """Epochs/s of one ``w.eval_arch`` model on the preset's IPC 10 decoded set (random pixels,
     ``ipc * factor^2`` per class, on the device), per evaluation mode."""
@@ -601,7 +587,7 @@ def eval_speed(results: Results, sizes: Sizes, w: Workload, modes: list[str], de
             return {"status": "SKIP", "error": "no C++ compiler for CPU kernels"}
         reset_peak_memory(device)
         start = time.perf_counter()
-        rate = compare({mode: EvalRun(w.eval_arch, s, images, labels, test, device)}, 1, sizes.rounds, device)[mode]
+        rate = compare({mode: EvalLoop(s, images, labels, test, 1, device, w.eval_arch)}, 1, sizes.rounds, device)[mode]
         return {"status": "PASS", "epochs_per_s": rate * s.epochs, "epochs_per_round": s.epochs,
                 "images": len(labels), "batch_size": s.batch_size, "recipe": s.recipe,
                 "peak_memory_gib": peak_memory_gib(device), "total_s": time.perf_counter() - start}

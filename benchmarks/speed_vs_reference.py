@@ -86,18 +86,18 @@ def compare(loops: dict, iterations: int, rounds: int, device: torch.device) -> 
 
 
 class EvalLoop:
-    """``runs`` evaluations (train from scratch, test once at the end) of ``epochs`` epochs each
-    per ``step``, as the driver runs them one after another."""
+    """``runs`` evaluations of ``arch`` (train from scratch, test once at the end), each with a
+    new seed, per ``step``, as the driver runs them one after another."""
 
     def __init__(self, settings: EvalSettings, images: torch.Tensor, labels: torch.Tensor, test: LabeledImages,
-                 runs: int, device: torch.device):
+                 runs: int, device: torch.device, arch: str = "convnet3"):
         self.s, self.images, self.labels, self.test, self.runs, self.device = settings, images, labels, test, runs, device
-        self.seed = 0
+        self.arch, self.seed = arch, 0
 
     def step(self) -> None:
         for _ in range(self.runs):
             self.seed += 1
-            train_and_test(self.images, self.labels, self.test, "convnet3", self.s, self.seed, self.device)
+            train_and_test(self.images, self.labels, self.test, self.arch, self.s, self.seed, self.device)
 
 
 def eval_comparison(args, spec: DataSpec, device: torch.device, modes: list[str]) -> dict:
