@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 PRECISIONS = ("fp32", "bf16")
+RECOMPILE_LIMIT = 64  # compiled graphs kept per function
 
 
 def can_compile() -> bool:
@@ -50,6 +51,10 @@ def compiled_call(method: str, compiled: bool) -> Callable[[torch.nn.Module, tor
     if not compiled:
         return _EAGER[method]
     if method not in _COMPILED:
+        # One graph per input shape, grad mode and autocast state: the chunk tuning alone makes
+        # 8 (4 sizes x real/synthetic), which is torch's default limit, beyond which it silently
+        # runs the rest eagerly.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         _COMPILED[method] = torch.compile(_EAGER[method], dynamic=False)
     return _COMPILED[method]
 
