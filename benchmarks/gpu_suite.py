@@ -87,6 +87,7 @@ from pipeline.data import ClassPool, LabeledImages, open_class_pool  # noqa: E40
 from pipeline.data.prepare import PrepareOptions, prepare  # noqa: E402
 from pipeline.engine import Condenser, EngineSettings  # noqa: E402
 from pipeline.evaluate import EvalSettings, train_and_test  # noqa: E402
+from pipeline.worker import pick_device  # noqa: E402
 
 PARTS = ("correctness", "speed_cifar10", "speed_imagenet100", "eval_speed", "protocol")
 MODES = {"fp32": {}, "bf16": {"precision": "bf16"}, "compiled_bf16": {"compile": True, "precision": "bf16"},
@@ -723,14 +724,6 @@ def markdown(data: dict) -> str:
 # Main
 # --------------------------------------------------------------------------------------------
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible")
-    return torch.device(name)
-
-
 def chosen(value: str | None, valid, default) -> list[str]:
     """A comma-separated choice checked against ``valid``, or ``default``."""
     if value is None:
@@ -762,7 +755,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = TINY if args.tiny else FULL
     if sizes.threads:
         torch.set_num_threads(sizes.threads)
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"--device {args.device}: {e}") from None
     parts = chosen(args.parts, PARTS, [p for p in PARTS if not (args.quick and p == "protocol")])
     modes = {name: chosen(args.modes, MODES, default) for name, default in sizes.modes.items()}
     eval_modes = {name: chosen(args.eval_modes, EVAL_MODES, default) for name, default in sizes.eval_modes.items()}

@@ -100,9 +100,7 @@ class RayWorkers:
             try:
                 out.append(ray.get(ref))
             except ray.exceptions.RayTaskError as e:
-                cause = e.cause if getattr(e, "cause", None) is not None else e
-                raise WorkerError(f"worker {i} (classes {_span(self.splits[i])}) failed: "
-                                  f"{type(cause).__name__}: {cause}") from None
+                raise WorkerError(f"worker {i} (classes {_span(self.splits[i])}) failed: {_task_failure(e)}") from None
             except ray.exceptions.RayActorError as e:
                 if getattr(e, "actor_init_failed", False):  # raised in __init__, e.g. reading its shards
                     raise WorkerError(f"worker {i} (classes {_span(self.splits[i])}) failed: {_last_error(e)}") from None
@@ -115,6 +113,12 @@ class RayWorkers:
 
         for a in self.actors:
             ray.kill(a, no_restart=True)
+
+
+def _task_failure(e: Exception) -> str:
+    """``Type: message`` of the exception a Ray task or actor method raised."""
+    cause = e.cause if getattr(e, "cause", None) is not None else e
+    return f"{type(cause).__name__}: {cause}"
 
 
 def _last_error(e: Exception) -> str:
@@ -156,9 +160,7 @@ def evaluate_remote(jobs: list[dict], images, labels, test, settings, cfg) -> tu
         except ray.exceptions.RayTaskError as e:
             # The other tasks are not cancelled: ray.cancel of a task that is just ending aborts
             # the driver (Ray 2.60); they end with the driver's job.
-            cause = e.cause if getattr(e, "cause", None) is not None else e
-            raise WorkerError(f"evaluation {j['arch']} run {j['run'] + 1} failed: "
-                              f"{type(cause).__name__}: {cause}") from None
+            raise WorkerError(f"evaluation {j['arch']} run {j['run'] + 1} failed: {_task_failure(e)}") from None
     return [r for r, _ in out], [p for _, p in out]
 
 
