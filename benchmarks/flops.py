@@ -22,6 +22,8 @@ from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from pipeline.compute import synchronize
+
 
 class _FlopCounter(TorchDispatchMode):
     """Sums torch's own FLOP formulas over the aten ops that have one. (torch's FlopCounterMode
@@ -52,12 +54,10 @@ def _rate(fn: Callable[[], object], flops: float, device: torch.device, min_seco
     fn()
     best, spent = 0.0, 0.0
     while spent < min_seconds:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         elapsed = time.perf_counter() - start
         spent += elapsed
         best = max(best, flops / elapsed)

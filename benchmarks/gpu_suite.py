@@ -81,7 +81,7 @@ from benchmarks.flops import count_flops, measured_peaks  # noqa: E402
 from benchmarks.record import git_commit  # noqa: E402
 from benchmarks.speed_vs_reference import EvalLoop, compare, random_dataset  # noqa: E402
 from pipeline.cli import run as run_preset  # noqa: E402
-from pipeline.compute import can_compile  # noqa: E402
+from pipeline.compute import can_compile, synchronize  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data import ClassPool, LabeledImages, open_class_pool  # noqa: E402
 from pipeline.data.prepare import PrepareOptions, prepare  # noqa: E402
@@ -263,11 +263,6 @@ def strict_fp32():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_memory_gib(device: torch.device) -> float | None:
@@ -549,7 +544,7 @@ def condense_speed(results: Results, sizes: Sizes, w: Workload, modes: list[str]
         start = time.perf_counter()
         condenser.step()  # tunes the chunk (chunk_classes=0) and compiles (compile=True): not timed
         condenser.step()
-        sync(device)
+        synchronize(device)
         first_steps_s = time.perf_counter() - start
         chunks[mode] = condenser.chunk
         reset_peak_memory(device)

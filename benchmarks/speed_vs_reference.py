@@ -44,6 +44,7 @@ import torch  # noqa: E402
 
 from benchmarks.flops import count_flops, measured_peaks  # noqa: E402
 from benchmarks.reference_loop import ReferenceLoop  # noqa: E402
+from pipeline.compute import synchronize  # noqa: E402
 from pipeline.data import ClassPool, DataSpec, LabeledImages  # noqa: E402
 from pipeline.engine import Condenser, EngineSettings  # noqa: E402
 from pipeline.evaluate import EvalSettings, train_and_test  # noqa: E402
@@ -62,13 +63,11 @@ def random_dataset(classes: int, per_class: int, channels: int, size: int) -> La
 
 def timed_steps(loop, iterations: int, device: torch.device) -> float:
     """Iterations per second of ``iterations`` consecutive steps."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(iterations):
         loop.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return iterations / (time.perf_counter() - start)
 
 

@@ -59,6 +59,13 @@ def compiled_call(method: str, compiled: bool) -> Callable[[torch.nn.Module, tor
     return _COMPILED[method]
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so a clock read after it
+    times the work itself; nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast of what runs inside when ``precision="bf16"`` (convolutions and matmuls in
     bf16; normalisation, losses and the weights stay fp32); a no-op for fp32."""

@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 
 from kernels import mmd2
 from models import NUM_UNIFORMS, AugmentSpec, augment, create_model, decode, mix_init
-from pipeline.compute import autocast, compiled_call, use_compile
+from pipeline.compute import autocast, compiled_call, synchronize, use_compile
 from pipeline.config import augment_spec
 from pipeline.data import ClassPool, DataSpec
 from pipeline.memory import classes_per_forward
@@ -212,10 +212,6 @@ class Condenser:
             grads.append(grad)
         return torch.cat(losses), torch.cat(grads)
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def tune_chunk(self) -> int:
         """The fastest number of classes per forward among ``chunk_candidates``: each size runs
         a throwaway forward and backward of its first chunk at the current iteration (warm-up,
@@ -228,10 +224,10 @@ class Condenser:
             for k in chunk_candidates(len(self.classes), self.chunk):
                 part = self.images[:k * s.ipc].detach().requires_grad_(True)
                 for _ in range(2):  # warm-up (and compile), then the timed run
-                    self._sync()
+                    synchronize(self.device)
                     start = time.perf_counter()
                     torch.autograd.grad(self.class_losses(part, self.iteration, self.classes[:k]).sum(), part)
-                    self._sync()
+                    synchronize(self.device)
                 per_class[k] = (time.perf_counter() - start) / k
             _TUNED_CHUNKS[key] = min(per_class, key=per_class.get)
         return _TUNED_CHUNKS[key]

@@ -70,10 +70,9 @@ class EvalSettings:
         """``images_per_class``: decoded training images per class of the set to evaluate, which
         sets the epochs when ``eval.epochs`` is null (default: ipc * factor^2)."""
         e = cfg.eval
-        epochs = e.epochs
-        if epochs is None:
-            epochs = imagenet_epochs(images_per_class or cfg.ipc * cfg.factor**2, cfg.data.num_classes)
-        steps = epochs * -(-(images_per_class or cfg.ipc * cfg.factor**2) * cfg.data.num_classes // e.batch_size)
+        per_class = images_per_class or cfg.ipc * cfg.factor**2
+        epochs = e.epochs if e.epochs is not None else imagenet_epochs(per_class, cfg.data.num_classes)
+        steps = epochs * -(-per_class * cfg.data.num_classes // e.batch_size)  # optimizer steps of the whole run
         return cls(data=DataSpec.from_config(cfg.data), epochs=epochs, lr=e.lr, momentum=e.momentum,
                    weight_decay=e.weight_decay, batch_size=e.batch_size, recipe=e.recipe, cutmix_prob=e.cutmix_prob,
                    test_every=e.test_every, augment=augment_spec(e.augment),
