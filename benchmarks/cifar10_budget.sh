@@ -13,11 +13,11 @@ OUT=benchmarks/results/steps_cifar10.jsonl
 RUNS=${RUNS:-runs/cifar10_budget}
 mkdir -p "$(dirname "$RUNS")"
 {
-  python benchmarks/steps_curve.py cifar10 --methods m3d --steps 0,300,600 $P --out $OUT        # lr 1 (preset)
-  python benchmarks/steps_curve.py cifar10 --methods dm --steps 600 $P --out $OUT               # linear kernel, lr 0.1
+  python -m benchmarks.steps_curve cifar10 --methods m3d --steps 0,300,600 $P --out $OUT        # lr 1 (preset)
+  python -m benchmarks.steps_curve cifar10 --methods dm --steps 600 $P --out $OUT               # linear kernel, lr 0.1
 } > "$RUNS.a.log" 2>&1 &
 {
-  python benchmarks/steps_curve.py cifar10 --methods m3d --steps 300,600,1000 $P lr=10 --out $OUT  # lr = IPC
+  python -m benchmarks.steps_curve cifar10 --methods m3d --steps 300,600,1000 $P lr=10 --out $OUT  # lr = IPC
   python pipeline/run.py cifar10 method=random $P diagnostics.moments=false out_dir=$RUNS
   python pipeline/run.py cifar10 method=herding $P diagnostics.moments=false out_dir=$RUNS
 } > "$RUNS.b.log" 2>&1 &

@@ -14,10 +14,10 @@ OUT=benchmarks/results/steps_cifar10.jsonl
 RUNS=${RUNS:-runs/cifar10_longer}
 mkdir -p "$(dirname "$RUNS")"
 {
-  nice -n 19 python benchmarks/steps_curve.py cifar10 --methods dm --steps 1000,2000 $P --out $OUT          # lr 0.1
-  nice -n 19 python benchmarks/steps_curve.py cifar10 --methods dm --steps 600,1000 $P lr=0.04 --out $OUT   # DM's lr x std^2
+  nice -n 19 python -m benchmarks.steps_curve cifar10 --methods dm --steps 1000,2000 $P --out $OUT          # lr 0.1
+  nice -n 19 python -m benchmarks.steps_curve cifar10 --methods dm --steps 600,1000 $P lr=0.04 --out $OUT   # DM's lr x std^2
 } > "$RUNS.a.log" 2>&1 &
 {
-  nice -n 19 python benchmarks/steps_curve.py cifar10 --methods m3d --steps 1000,2000 $P lr=10 --out $OUT   # lr = IPC
+  nice -n 19 python -m benchmarks.steps_curve cifar10 --methods m3d --steps 1000,2000 $P lr=10 --out $OUT   # lr = IPC
 } > "$RUNS.b.log" 2>&1 &
 wait

@@ -13,9 +13,10 @@ import platform
 import time
 from pathlib import Path
 
+from m3d_condense.pipeline.cli import run
+from m3d_condense.pipeline.config import load_config
+
 from benchmarks.record import append, git_commit
-from pipeline.cli import run
-from pipeline.config import load_config
 
 # DM's released setting is lr 1 on images stored *normalised*; we store pixels in [0, 1], where
 # the same step is lr * std^2 ~ 0.1 for these datasets (std ~ 0.3). The linear kernel's gradient

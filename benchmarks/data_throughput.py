@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from m3d_condense.pipeline.data import ClassPool, ClassShardReader, DataSpec, StreamingClassPool
+from m3d_condense.pipeline.data.prepare import PrepareOptions, prepare
+from m3d_condense.pipeline.engine import Condenser, EngineSettings
 from torch.nn import functional as F
 
 from benchmarks.record import RESULTS as RESULTS_DIR
 from benchmarks.record import machine, report
-from pipeline.data import ClassPool, ClassShardReader, DataSpec, StreamingClassPool
-from pipeline.data.prepare import PrepareOptions, prepare
-from pipeline.engine import Condenser, EngineSettings
 
 RESULTS = RESULTS_DIR / "data_throughput.jsonl"
 

@@ -1,6 +1,6 @@
 """GPU readiness suite: correctness checks, speeds and a small full protocol, in one process.
 
-    python benchmarks/gpu_suite.py --out DIR [--quick] [--tiny] [--device auto|cpu|cuda]
+    python -m benchmarks.gpu_suite --out DIR [--quick] [--tiny] [--device auto|cpu|cuda]
                                    [--data-root DIR] [--parts P,...] [--modes M,...] [--budget-s S]
 
 Made for a short window on a GPU machine without network access: it never imports Ray (the
@@ -70,24 +70,21 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-if __package__ in (None, ""):  # run as a file (python benchmarks/gpu_suite.py): import from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
+from m3d_condense.pipeline.cli import run as run_preset
+from m3d_condense.pipeline.compute import can_compile, synchronize
+from m3d_condense.pipeline.config import load_config
+from m3d_condense.pipeline.data import ClassPool, LabeledImages, open_class_pool
+from m3d_condense.pipeline.data.prepare import PrepareOptions, prepare
+from m3d_condense.pipeline.engine import Condenser, EngineSettings
+from m3d_condense.pipeline.evaluate import EvalSettings, train_and_test
+from m3d_condense.pipeline.worker import pick_device
+from omegaconf import OmegaConf
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from benchmarks.flops import count_flops, measured_peaks  # noqa: E402
-from benchmarks.record import git_commit  # noqa: E402
-from benchmarks.speed_vs_reference import EvalLoop, compare, random_dataset  # noqa: E402
-from pipeline.cli import run as run_preset  # noqa: E402
-from pipeline.compute import can_compile, synchronize  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.data import ClassPool, LabeledImages, open_class_pool  # noqa: E402
-from pipeline.data.prepare import PrepareOptions, prepare  # noqa: E402
-from pipeline.engine import Condenser, EngineSettings  # noqa: E402
-from pipeline.evaluate import EvalSettings, train_and_test  # noqa: E402
-from pipeline.worker import pick_device  # noqa: E402
+from benchmarks.flops import count_flops, measured_peaks
+from benchmarks.record import git_commit
+from benchmarks.speed_vs_reference import EvalLoop, compare, random_dataset
 
 PARTS = ("correctness", "speed_cifar10", "speed_imagenet100", "eval_speed", "protocol")
 MODES = {"fp32": {}, "bf16": {"precision": "bf16"}, "compiled_bf16": {"compile": True, "precision": "bf16"},

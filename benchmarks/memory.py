@@ -16,18 +16,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.record import RESULTS, machine, report  # noqa: E402
+from benchmarks.record import RESULTS, machine, report
 
 CONFIGS = [(c, ipc, size) for size in (32, 64) for ipc in (1, 10) for c in (5, 10)]
 CHILD = """
 import resource, sys, json, torch
 from benchmarks.speed_vs_reference import random_dataset
-from pipeline.data import ClassPool, DataSpec
-from pipeline.engine import Condenser, EngineSettings
-from pipeline.memory import step_bytes
+from m3d_condense.pipeline.data import ClassPool, DataSpec
+from m3d_condense.pipeline.engine import Condenser, EngineSettings
+from m3d_condense.pipeline.memory import step_bytes
 classes, ipc, size, device = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), torch.device(sys.argv[4])
 spec = DataSpec(classes, 3, (size, size), (0.5,) * 3, (0.25,) * 3)
 s = EngineSettings(data=spec, ipc=ipc, factor=2, batch_real=128, encoder="convnet3", chunk_classes=classes)

@@ -1,7 +1,7 @@
 """How far condensation moved the pixels: mean |x - x0| between each condensed run's stored
 images and the initial set it started from, per dataset, IPC, method and lr.
 
-    python benchmarks/pixel_shift.py GRID_DIR        (e.g. benchmarks/results/grid_cpu)
+    python -m benchmarks.pixel_shift GRID_DIR        (e.g. benchmarks/results/grid_cpu)
 
 Reads GRID_DIR/runs/*/{config.yaml,synthetic.pt} (the M3D/DM runs; the selection baselines
 are skipped) and prints a Markdown table: mean ± std over seeds, pixels in [0, 1].
@@ -11,19 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from pipeline import outputs  # noqa: E402
-from pipeline.data import storage  # noqa: E402
-from pipeline.data.loading import open_class_pool  # noqa: E402
-from pipeline.engine import EngineSettings, initial_images  # noqa: E402
-from pipeline.report import method_name  # noqa: E402
+import torch
+from m3d_condense.pipeline import outputs
+from m3d_condense.pipeline.data import storage
+from m3d_condense.pipeline.data.loading import open_class_pool
+from m3d_condense.pipeline.engine import EngineSettings, initial_images
+from m3d_condense.pipeline.report import method_name
+from omegaconf import OmegaConf
 
 
 def run_shift(run_url: str, pools: dict) -> tuple[tuple, float] | None:

@@ -22,11 +22,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-
-from kernels import mmd2
-from models import augment, decode
-from pipeline.data import ClassPool
-from pipeline.engine import EngineSettings, augment_uniforms, build_encoder, initial_images
+from m3d_condense.kernels import mmd2
+from m3d_condense.models import augment, decode
+from m3d_condense.pipeline.data import ClassPool
+from m3d_condense.pipeline.engine import EngineSettings, augment_uniforms, build_encoder, initial_images
 
 
 class ReferenceLoop:

@@ -1,7 +1,7 @@
 """The result grid: dataset x IPC x method x seed, every finished cell appended to a parquet
 table; a rerun skips the cells the table already has.
 
-    python benchmarks/reproduce.py --presets mnist,fashion_mnist --ipc 1,10,50 \\
+    python -m benchmarks.reproduce --presets mnist,fashion_mnist --ipc 1,10,50 \\
         --methods random,herding,dm,m3d --seeds 0,1,2 [key=value ...] [--out DIR]
 
 Methods: random, herding, dm (linear kernel), m3d, whole (the whole training set, the upper
@@ -24,21 +24,17 @@ import argparse
 import hashlib
 import io
 import itertools
-import os
 import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pyarrow as pa
+import pyarrow.parquet as pq
+from m3d_condense.pipeline.cli import run
+from m3d_condense.pipeline.config import load_config
+from m3d_condense.pipeline.data import storage
+from m3d_condense.pipeline.report import grid_markdown, grid_report
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
-from benchmarks.compare_methods import METHODS  # noqa: E402
-from benchmarks.record import RESULTS, git_commit, machine  # noqa: E402
-from pipeline.cli import run  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.data import storage  # noqa: E402
-from pipeline.report import grid_markdown, grid_report  # noqa: E402
+from benchmarks.compare_methods import METHODS
+from benchmarks.record import RESULTS, git_commit, machine
 
 KEY = ("dataset", "ipc", "method", "seed", "protocol")
 

@@ -32,22 +32,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
-import sys
 import time
 
-if __package__ in (None, ""):  # run as a file (python benchmarks/speed_vs_reference.py): import from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from m3d_condense.pipeline.compute import synchronize
+from m3d_condense.pipeline.data import ClassPool, DataSpec, LabeledImages
+from m3d_condense.pipeline.engine import Condenser, EngineSettings
+from m3d_condense.pipeline.evaluate import EvalSettings, train_and_test
 
-import torch  # noqa: E402
-
-from benchmarks.flops import count_flops, measured_peaks  # noqa: E402
-from benchmarks.reference_loop import ReferenceLoop  # noqa: E402
-from pipeline.compute import synchronize  # noqa: E402
-from pipeline.data import ClassPool, DataSpec, LabeledImages  # noqa: E402
-from pipeline.engine import Condenser, EngineSettings  # noqa: E402
-from pipeline.evaluate import EvalSettings, train_and_test  # noqa: E402
+from benchmarks.flops import count_flops, measured_peaks
+from benchmarks.reference_loop import ReferenceLoop
 
 MODES = {"eager": dict(compile=False), "compiled": dict(compile=True),
          "compiled_bf16": dict(compile=True, precision="bf16")}

@@ -1,6 +1,6 @@
 """Accuracy against condensation steps, DM vs M3D (the paper's Fig. 3), one trajectory per method.
 
-    python benchmarks/steps_curve.py PRESET --steps 0,50,100,200,400 [--methods dm,m3d] [key=value ...]
+    python -m benchmarks.steps_curve PRESET --steps 0,50,100,200,400 [--methods dm,m3d] [key=value ...]
 
 Each method condenses once from the shared initial set; at every step count in ``--steps`` the
 current images are decoded and evaluated (``eval.*`` keys, in-process). Besides accuracy the
@@ -12,24 +12,20 @@ benchmarks/results/steps_<preset>.jsonl (or --out) and a table is printed.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from m3d_condense.models import decode
+from m3d_condense.pipeline.config import load_config
+from m3d_condense.pipeline.data.loading import open_class_pool
+from m3d_condense.pipeline.driver import evaluate_all
+from m3d_condense.pipeline.engine import Condenser, EngineSettings
 
-import torch  # noqa: E402
-
-from benchmarks.compare_methods import METHODS  # noqa: E402
-from benchmarks.record import RESULTS, append, git_commit, machine  # noqa: E402
-from models import decode  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.data.loading import open_class_pool  # noqa: E402
-from pipeline.driver import evaluate_all  # noqa: E402
-from pipeline.engine import Condenser, EngineSettings  # noqa: E402
+from benchmarks.compare_methods import METHODS
+from benchmarks.record import RESULTS, append, git_commit, machine
 
 
 def trajectory(preset: str, method: str, steps: list[int], overrides: list[str], out: Path) -> list[dict]:

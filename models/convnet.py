@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import torch
+from m3d_condense.models.norm import make_norm
+from m3d_condense.models.registry import register_model
 from torch import nn
-
-from models.norm import make_norm
-from models.registry import register_model
 
 
 class ConvNet(nn.Module):

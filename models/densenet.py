@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import torch
+from m3d_condense.models.registry import register_model
 from torch import nn
 from torch.nn import functional as F
-
-from models.registry import register_model
 
 
 class DenseLayer(nn.Module):

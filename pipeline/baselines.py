@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-
-from pipeline.data import ClassPool
-from pipeline.engine import EngineSettings, build_encoder
+from m3d_condense.pipeline.data import ClassPool
+from m3d_condense.pipeline.engine import EngineSettings, build_encoder
 
 CHUNK = 256  # images per feature forward
 

@@ -15,9 +15,8 @@ import json
 from typing import Any
 
 import torch
+from m3d_condense.pipeline.data import storage
 from omegaconf import DictConfig, OmegaConf
-
-from pipeline.data import storage
 
 RUN_FILE = "run.json"
 # Keys that change where or how a run executes, or what is done after condensation, but not

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import sys
 
+from m3d_condense.pipeline.checkpoint import ResumeError
+from m3d_condense.pipeline.config import ConfigError, list_presets, load_config, validate
+from m3d_condense.pipeline.data import ManifestError, ShardError, StorageError
+from m3d_condense.pipeline.data.loading import resolve_dataset
+from m3d_condense.pipeline.driver import run_pipeline
+from m3d_condense.pipeline.memory import MemoryBudgetError
+from m3d_condense.pipeline.ray_backend import ResourceError, WorkerError
 from omegaconf import DictConfig
-
-from pipeline.checkpoint import ResumeError
-from pipeline.config import ConfigError, list_presets, load_config, validate
-from pipeline.data import ManifestError, ShardError, StorageError
-from pipeline.data.loading import resolve_dataset
-from pipeline.driver import run_pipeline
-from pipeline.memory import MemoryBudgetError
-from pipeline.ray_backend import ResourceError, WorkerError
 
 USAGE = """usage: python pipeline/run.py PRESET [key=value ...]
 

@@ -9,12 +9,11 @@ from importlib import resources
 
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
+from m3d_condense.kernels import ESTIMATORS, KERNELS
+from m3d_condense.models import list_models
+from m3d_condense.models.augment import GEOMETRIC_OPS, OP_CHOICES, AugmentSpec
+from m3d_condense.pipeline.compute import PRECISIONS
 from omegaconf import DictConfig, OmegaConf
-
-from kernels import ESTIMATORS, KERNELS
-from models import list_models
-from models.augment import GEOMETRIC_OPS, OP_CHOICES, AugmentSpec
-from pipeline.compute import PRECISIONS
 
 BASE = "base"
 CHOICES = {
@@ -44,7 +43,7 @@ class ConfigError(ValueError):
 
 
 def list_presets() -> list[str]:
-    files = resources.files("configs").iterdir()
+    files = resources.files("m3d_condense.configs").iterdir()
     return sorted(f.name[:-5] for f in files if f.name.endswith(".yaml") and f.name != f"{BASE}.yaml")
 
 
@@ -60,7 +59,7 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Dic
     presets = list_presets()
     if preset not in presets:
         raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(presets)}")
-    with initialize_config_module("configs", version_base=None):
+    with initialize_config_module("m3d_condense.configs", version_base=None):
         try:
             cfg = compose(config_name=preset, overrides=list(overrides))
         except ConfigCompositionException as e:

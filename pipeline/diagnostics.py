@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-
-from kernels import moment_gaps
-from kernels.moments import MOMENT_ORDERS
-from pipeline.data import ClassPool
-from pipeline.engine import EngineSettings, build_encoder
+from m3d_condense.kernels import moment_gaps
+from m3d_condense.kernels.moments import MOMENT_ORDERS
+from m3d_condense.pipeline.data import ClassPool
+from m3d_condense.pipeline.engine import EngineSettings, build_encoder
 
 
 @torch.no_grad()

@@ -13,20 +13,19 @@ import sys
 import time
 
 import torch
+from m3d_condense.models import decode
+from m3d_condense.pipeline import outputs
+from m3d_condense.pipeline.baselines import herding, random_real, whole_dataset
+from m3d_condense.pipeline.checkpoint import RunStore, condensation_config, fingerprint
+from m3d_condense.pipeline.data import load_split, open_class_pool, storage
+from m3d_condense.pipeline.diagnostics import moment_report
+from m3d_condense.pipeline.engine import EngineSettings, initial_images
+from m3d_condense.pipeline.evaluate import EvalSettings, train_and_test
+from m3d_condense.pipeline.report import write_run_report
+from m3d_condense.pipeline.seeding import derive_seed
+from m3d_condense.pipeline.worker import ClassWorker, pick_device
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
-
-from models import decode
-from pipeline import outputs
-from pipeline.baselines import herding, random_real, whole_dataset
-from pipeline.checkpoint import RunStore, condensation_config, fingerprint
-from pipeline.data import load_split, open_class_pool, storage
-from pipeline.diagnostics import moment_report
-from pipeline.engine import EngineSettings, initial_images
-from pipeline.evaluate import EvalSettings, train_and_test
-from pipeline.report import write_run_report
-from pipeline.seeding import derive_seed
-from pipeline.worker import ClassWorker, pick_device
 
 
 def log(msg: str) -> None:
@@ -58,7 +57,7 @@ def resolve_backend(cfg: DictConfig) -> tuple[str, int]:
         if cfg.workers not in (None, 1):
             raise ValueError(f"backend=local runs one worker; workers={cfg.workers} needs backend=ray")
         return "local", 1
-    from pipeline import ray_backend
+    from m3d_condense.pipeline import ray_backend
 
     ray_backend.init(cfg.ray.address)
     if cfg.workers is not None:
@@ -77,7 +76,7 @@ def ray_cluster_reachable(address: str | None) -> bool:
     if ray.is_initialized():
         return True
     try:
-        from pipeline import ray_backend
+        from m3d_condense.pipeline import ray_backend
 
         ray_backend.init("auto")  # connects only to a running cluster; raises if there is none
         return True
@@ -112,7 +111,7 @@ def condense_slices(cfg: DictConfig, store: RunStore, run: dict, backend: str, w
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     splits = split_classes(cfg.data.num_classes, workers)
     if backend == "ray":
-        from pipeline.ray_backend import RayWorkers
+        from m3d_condense.pipeline.ray_backend import RayWorkers
         pool = RayWorkers(cfg, cfg_dict, splits, store.url)
     else:
         pool = LocalWorkers(cfg_dict, splits, store.url)
@@ -157,7 +156,7 @@ def evaluate_all(cfg: DictConfig, images, labels, backend: str, device, progress
     jobs = [{"arch": a, "run": r, "seed": derive_seed(cfg.seed, "eval-run", r)}
             for a in cfg.eval.archs for r in range(cfg.eval.runs)]
     if backend == "ray":
-        from pipeline.ray_backend import evaluate_remote
+        from m3d_condense.pipeline.ray_backend import evaluate_remote
         log(f"evaluating: {len(jobs)} Ray tasks")
         results, placements = evaluate_remote(jobs, images, labels, test, settings, cfg)
         for p in placements:

@@ -29,15 +29,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+from m3d_condense.kernels import mmd2
+from m3d_condense.models import NUM_UNIFORMS, AugmentSpec, augment, create_model, decode, mix_init
+from m3d_condense.pipeline.compute import autocast, compiled_call, synchronize, use_compile
+from m3d_condense.pipeline.config import augment_spec
+from m3d_condense.pipeline.data import ClassPool, DataSpec
+from m3d_condense.pipeline.memory import classes_per_forward
+from m3d_condense.pipeline.seeding import derive_seed, generator
 from omegaconf import DictConfig
-
-from kernels import mmd2
-from models import NUM_UNIFORMS, AugmentSpec, augment, create_model, decode, mix_init
-from pipeline.compute import autocast, compiled_call, synchronize, use_compile
-from pipeline.config import augment_spec
-from pipeline.data import ClassPool, DataSpec
-from pipeline.memory import classes_per_forward
-from pipeline.seeding import derive_seed, generator
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from m3d_condense.models import NUM_UNIFORMS, AugmentSpec, augment, create_model, imagenet_augment
+from m3d_condense.pipeline.compute import autocast, use_compile
+from m3d_condense.pipeline.config import augment_spec
+from m3d_condense.pipeline.data import DataSpec, LabeledImages
+from m3d_condense.pipeline.seeding import derive_seed, generator
 from omegaconf import DictConfig
 from torch.nn import functional as F
-
-from models import NUM_UNIFORMS, AugmentSpec, augment, create_model, imagenet_augment
-from pipeline.compute import autocast, use_compile
-from pipeline.config import augment_spec
-from pipeline.data import DataSpec, LabeledImages
-from pipeline.seeding import derive_seed, generator
 
 # Optimizer steps from which eval.compile=auto compiles: the one-off compile (about a minute
 # for the training and test graphs on CPU) is then a small part of the run.

@@ -8,8 +8,7 @@ two layers at a time; the peak is the larger of the two. ``benchmarks/memory.py`
 from __future__ import annotations
 
 import torch
-
-from models import create_model
+from m3d_condense.models import create_model
 
 FLOAT = 4  # bytes
 HEADROOM = 0.8  # of the free memory: the estimate runs up to 16% under the measured peak (BENCHMARKS.md)

@@ -16,9 +16,8 @@ matplotlib.use("Agg")  # headless: runs on clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from m3d_condense.pipeline.data import storage  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from pipeline.data import storage  # noqa: E402
 
 
 def _atomic(path, write) -> str:

@@ -9,15 +9,12 @@ import argparse
 import os
 import sys
 
-# Run as a script, Python puts pipeline/ first on sys.path, where data/ would shadow other
-# top-level packages. Drop that entry (as run.py does).
-_here = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0]) == _here:
-    sys.path.pop(0)
-
-from pipeline.data import ManifestError, ShardError, StorageError  # noqa: E402
-from pipeline.data.prepare import FORMATS, PrepareOptions, prepare  # noqa: E402
-from pipeline.data.sources import LAYOUTS, SourceError  # noqa: E402
+# Run as a script, Python puts pipeline/ first on sys.path. That is harmless: everything is
+# imported as m3d_condense.*, and no module in pipeline/ has the name of a standard or installed
+# top-level module (tests/test_packaging.py checks both).
+from m3d_condense.pipeline.data import ManifestError, ShardError, StorageError
+from m3d_condense.pipeline.data.prepare import FORMATS, PrepareOptions, prepare
+from m3d_condense.pipeline.data.sources import LAYOUTS, SourceError
 
 
 def parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from pipeline.worker import ClassWorker
+from m3d_condense.pipeline.worker import ClassWorker
 
 # Forwarded from the driver's environment into every actor and task, so that credentials and
 # endpoints given to the command (e.g. AWS_ENDPOINT_URL for MinIO) reach the workers.
@@ -168,9 +168,8 @@ def _evaluate_one(images, labels, test, arch, settings, seed, device_name, who):
     import sys
 
     import ray
-
-    from pipeline.evaluate import train_and_test
-    from pipeline.worker import check_assigned_gpus, pick_device, ray_gpu_ids
+    from m3d_condense.pipeline.evaluate import train_and_test
+    from m3d_condense.pipeline.worker import check_assigned_gpus, pick_device, ray_gpu_ids
 
     warning = check_assigned_gpus(device_name, who)
     if warning:  # now, for whoever follows the logs; the driver repeats it with the result

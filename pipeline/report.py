@@ -11,8 +11,7 @@ import statistics
 from importlib import resources
 
 import yaml
-
-from pipeline.data import storage
+from m3d_condense.pipeline.data import storage
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #bbb;padding:4px 10px;text-align:right}
@@ -26,7 +25,7 @@ ORDERS = ("mean", "variance", "skewness", "kurtosis")
 
 
 def paper_numbers() -> dict:
-    return yaml.safe_load(resources.files("configs").joinpath("reference/paper.yaml").read_text())
+    return yaml.safe_load(resources.files("m3d_condense.configs").joinpath("reference/paper.yaml").read_text())
 
 
 def paper_accuracy(preset: str, ipc: int, arch: str, method: str = "m3d") -> float | None:

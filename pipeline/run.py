@@ -4,16 +4,12 @@
 It only calls the installed package, so it also runs when copied elsewhere, as
 ``ray submit`` does (``python ~/run.py imagenet100``).
 """
-import os
 import sys
 
-# Run as a script from the source tree, Python puts pipeline/ first on sys.path, where its
-# modules (config, datasets, ...) could shadow other top-level modules. Drop that entry.
-_here = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0]) == _here and os.path.exists(os.path.join(_here, "cli.py")):
-    sys.path.pop(0)
-
-from pipeline.cli import main  # noqa: E402
+# Run as a script, Python puts pipeline/ first on sys.path. That is harmless: everything is
+# imported as m3d_condense.*, and no module in pipeline/ has the name of a standard or installed
+# top-level module (tests/test_packaging.py checks both).
+from m3d_condense.pipeline.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

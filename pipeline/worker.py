@@ -9,11 +9,10 @@ import sys
 import time
 
 import torch
+from m3d_condense.pipeline.checkpoint import RunStore
+from m3d_condense.pipeline.data import open_class_pool
+from m3d_condense.pipeline.engine import Condenser, EngineSettings, condense
 from omegaconf import OmegaConf
-
-from pipeline.checkpoint import RunStore
-from pipeline.data import open_class_pool
-from pipeline.engine import Condenser, EngineSettings, condense
 
 
 class GPUUnavailableError(RuntimeError):

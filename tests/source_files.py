@@ -8,9 +8,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
+from m3d_condense.pipeline.data import LabeledImages
 from PIL import Image
-
-from pipeline.data import LabeledImages
 
 
 def nhwc(data: LabeledImages) -> np.ndarray:

@@ -1,8 +1,7 @@
 """Real condensation and real training on digits: the numbers the method stands on."""
 import pytest
-
-from pipeline.cli import run
-from pipeline.config import load_config
+from m3d_condense.pipeline.cli import run
+from m3d_condense.pipeline.config import load_config
 
 SMALL = ["iterations=60", "eval.runs=2", "eval.epochs=80", "eval.test_every=80"]
 

@@ -3,12 +3,11 @@ import json
 
 import torch
 from conftest import synthetic_classes
-
-from pipeline.baselines import herding, herding_order
-from pipeline.cli import main
-from pipeline.data import ClassPool, DataSpec
-from pipeline.diagnostics import moment_report
-from pipeline.engine import EngineSettings
+from m3d_condense.pipeline.baselines import herding, herding_order
+from m3d_condense.pipeline.cli import main
+from m3d_condense.pipeline.data import ClassPool, DataSpec
+from m3d_condense.pipeline.diagnostics import moment_report
+from m3d_condense.pipeline.engine import EngineSettings
 
 SPEC = DataSpec(num_classes=4, channels=1, image_size=(12, 12), mean=(0.4,), std=(0.25,))
 
@@ -57,8 +56,8 @@ def test_herding_method_and_moment_diagnostics_in_a_run(tmp_path):
 
 
 def test_whole_method_trains_on_every_training_image_and_stores_no_copy(tmp_path):
-    from pipeline.config import load_config
-    from pipeline.data.loading import load_split
+    from m3d_condense.pipeline.config import load_config
+    from m3d_condense.pipeline.data.loading import load_split
 
     common = [f"out_dir={tmp_path}", "run_name=w", "method=whole", "eval.runs=1", "eval.epochs=1", "encoder.width=16"]
     assert main(["digits", *common]) == 0

@@ -51,7 +51,7 @@ def test_workers_throughput_reports_local_and_ray_rates_and_the_ray_overhead(tmp
 
 def test_memory_benchmark_measures_a_peak_beside_the_estimate(tmp_path):
     out = tmp_path / "m.jsonl"
-    proc = subprocess.run([sys.executable, "benchmarks/memory.py", "--configs", "2:1:16", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--configs", "2:1:16", "--out", str(out)],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads(proc.stdout.strip().splitlines()[-1])["rows"][0]
@@ -62,7 +62,7 @@ def test_reproduce_grid_writes_one_row_per_cell_and_eval_run_and_skips_finished_
     import pyarrow.parquet as pq
 
     def grid(methods: str) -> list[str]:
-        return [sys.executable, "benchmarks/reproduce.py", "--presets", "digits", "--ipc", "1", "--methods", methods,
+        return [sys.executable, "-m", "benchmarks.reproduce", "--presets", "digits", "--ipc", "1", "--methods", methods,
                 "--seeds", "0", "--out", str(tmp_path), "eval.runs=2", "eval.epochs=2", "eval.test_every=1",
                 "encoder.width=16", "diagnostics.moments=false"]
 
@@ -87,7 +87,7 @@ def test_reproduce_grid_writes_one_row_per_cell_and_eval_run_and_skips_finished_
 
 def test_steps_curve_evaluates_one_trajectory_at_each_step_count(tmp_path):
     out = tmp_path / "steps.jsonl"
-    cmd = [sys.executable, "benchmarks/steps_curve.py", "digits", "--steps", "0,3", "--methods", "m3d",
+    cmd = [sys.executable, "-m", "benchmarks.steps_curve", "digits", "--steps", "0,3", "--methods", "m3d",
            "--out", str(out), "eval.runs=1", "eval.epochs=2", "encoder.width=16", "batch_real=16"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -99,13 +99,13 @@ def test_steps_curve_evaluates_one_trajectory_at_each_step_count(tmp_path):
 
 
 def test_pixel_shift_measures_how_far_condensation_moved_each_run(tmp_path):
-    from pipeline.cli import main
+    from m3d_condense.pipeline.cli import main
 
     common = [f"out_dir={tmp_path / 'runs'}", "eval.runs=0", "encoder.width=16", "batch_real=16",
               "diagnostics.moments=false"]
     assert main(["digits", "run_name=m", "iterations=3", *common]) == 0
     assert main(["digits", "run_name=r", "method=random", *common]) == 0  # a selection: skipped
-    done = subprocess.run([sys.executable, "benchmarks/pixel_shift.py", str(tmp_path)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "benchmarks.pixel_shift", str(tmp_path)], capture_output=True,
                           text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (line,) = [v for v in done.stdout.splitlines() if v.startswith("| digits")]

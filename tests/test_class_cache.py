@@ -3,11 +3,10 @@ draw the same batches."""
 import pytest
 import torch
 from conftest import synthetic_classes, write_npz
+from m3d_condense.pipeline.data import ClassPool, StreamingClassPool, open_class_pool
+from m3d_condense.pipeline.data.loading import cache_tier
+from m3d_condense.pipeline.data.prepare import PrepareOptions, prepare
 from omegaconf import OmegaConf
-
-from pipeline.data import ClassPool, StreamingClassPool, open_class_pool
-from pipeline.data.loading import cache_tier
-from pipeline.data.prepare import PrepareOptions, prepare
 
 
 def _data_cfg(root, **kw):

@@ -8,10 +8,9 @@ import sys
 import pytest
 import torch
 from conftest import REPO, SHARED_DATA, synthetic_classes, write_npz
+from m3d_condense.pipeline.cli import main
+from m3d_condense.pipeline.config import ConfigError, list_presets, load_config
 from PIL import Image
-
-from pipeline.cli import main
-from pipeline.config import ConfigError, list_presets, load_config
 
 RUN = REPO / "pipeline" / "run.py"
 FAST = ["iterations=6", "eval.runs=1", "eval.epochs=2", "eval.test_every=1", "log_every=2", "workers=1"]
@@ -148,7 +147,7 @@ def test_no_arguments_prints_usage_with_the_presets(capsys):
 
 
 def _prepared(tmp_path, **kw):
-    from pipeline.data.prepare import PrepareOptions, prepare
+    from m3d_condense.pipeline.data.prepare import PrepareOptions, prepare
 
     write_npz(tmp_path / "src", "train", synthetic_classes(**kw))
     write_npz(tmp_path / "src", "test", synthetic_classes(seed=1, **kw))
@@ -186,8 +185,8 @@ def yaml_config(path):
 
 
 def test_one_worker_runs_in_process_without_a_ray_cluster(monkeypatch):
-    from pipeline import driver
-    from pipeline.config import load_config
+    from m3d_condense.pipeline import driver
+    from m3d_condense.pipeline.config import load_config
 
     assert driver.ray_cluster_reachable("10.0.0.1:6379")  # a named cluster counts without connecting
     cfg = load_config("mnist", ["data.root=/nowhere"])  # workers: null, backend: auto

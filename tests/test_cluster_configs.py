@@ -5,8 +5,7 @@ import shlex
 import pytest
 import yaml
 from conftest import REPO
-
-from pipeline.config import load_config
+from m3d_condense.pipeline.config import load_config
 
 CLUSTER = REPO / "cluster"
 

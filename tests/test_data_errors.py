@@ -8,13 +8,12 @@ import tarfile
 import numpy as np
 import pytest
 from conftest import synthetic_classes, write_npz
+from m3d_condense.pipeline.data import ClassShardReader, ManifestError, ShardError, StorageError, read_manifest
+from m3d_condense.pipeline.data.prepare import PrepareOptions, prepare
+from m3d_condense.pipeline.data.shards import Sample, build_shard, encode_image
+from m3d_condense.pipeline.data.sources import SourceError
 from PIL import Image
 from source_files import write_image_folder
-
-from pipeline.data import ClassShardReader, ManifestError, ShardError, StorageError, read_manifest
-from pipeline.data.prepare import PrepareOptions, prepare
-from pipeline.data.shards import Sample, build_shard, encode_image
-from pipeline.data.sources import SourceError
 
 
 def _prepare(source, dest, **kw):

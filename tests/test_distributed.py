@@ -10,8 +10,7 @@ import time
 import pytest
 import torch
 from conftest import RAY_ENV, REPO, synthetic_classes, write_npz
-
-from pipeline.cli import main
+from m3d_condense.pipeline.cli import main
 
 TINY = ["encoder.width=16", "batch_real=16", "eval.runs=0", "log_every=5", "device=cpu"]
 
@@ -133,7 +132,7 @@ def test_asking_for_gpus_the_cluster_lacks_fails_within_seconds(ray_head, tmp_pa
 
 
 def test_a_failing_worker_is_reported_with_its_classes_and_error(ray_head, tmp_path, capsys):
-    from pipeline.data.prepare import PrepareOptions, prepare
+    from m3d_condense.pipeline.data.prepare import PrepareOptions, prepare
 
     write_npz(tmp_path / "src", "train", synthetic_classes(num_classes=4, per_class=10))
     write_npz(tmp_path / "src", "test", synthetic_classes(num_classes=4, per_class=2))

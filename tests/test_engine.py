@@ -4,11 +4,11 @@ import dataclasses
 import pytest
 import torch
 from conftest import synthetic_classes
+from m3d_condense.kernels import mmd2
+from m3d_condense.pipeline.data import ClassPool, DataSpec
+from m3d_condense.pipeline.engine import Condenser, EngineSettings, build_encoder, condense
 
 from benchmarks.reference_loop import ReferenceLoop
-from kernels import mmd2
-from pipeline.data import ClassPool, DataSpec
-from pipeline.engine import Condenser, EngineSettings, build_encoder, condense
 
 
 def settings(**kw) -> EngineSettings:
@@ -149,7 +149,7 @@ def test_chunked_forwards_give_the_same_synthetic_set(tiny_data, mode):
 
 
 def test_chunk_candidates_are_divisors_up_to_the_memory_bound_spread_on_a_log_scale():
-    from pipeline.engine import chunk_candidates
+    from m3d_condense.pipeline.engine import chunk_candidates
 
     assert chunk_candidates(10, 10) == [1, 2, 5, 10]
     assert chunk_candidates(10, 4) == [1, 2]  # 4 would leave a ragged chunk (another compiled shape)
@@ -158,7 +158,7 @@ def test_chunk_candidates_are_divisors_up_to_the_memory_bound_spread_on_a_log_sc
 
 
 def test_auto_chunk_times_each_candidate_once_per_shape_and_keeps_the_fastest(tiny_data, monkeypatch):
-    from pipeline import engine
+    from m3d_condense.pipeline import engine
 
     monkeypatch.setattr(engine, "_TUNED_CHUNKS", {})
     sizes = []
@@ -183,7 +183,7 @@ def test_auto_chunk_times_each_candidate_once_per_shape_and_keeps_the_fastest(ti
 
 
 def test_memory_decides_the_classes_per_forward_and_refuses_what_cannot_fit(tiny_data, monkeypatch):
-    from pipeline import memory
+    from m3d_condense.pipeline import memory
 
     s = settings()
     monkeypatch.setattr(memory, "free_bytes", lambda device: int(memory.step_bytes(s, 2) / memory.HEADROOM) + 1)
@@ -195,7 +195,7 @@ def test_memory_decides_the_classes_per_forward_and_refuses_what_cannot_fit(tiny
 
 
 def test_step_memory_estimate_grows_with_classes_ipc_and_resolution():
-    from pipeline.memory import step_bytes
+    from m3d_condense.pipeline.memory import step_bytes
 
     base = settings()
     assert step_bytes(base, 4) > step_bytes(base, 2) > 0

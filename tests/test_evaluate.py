@@ -4,10 +4,9 @@ import dataclasses
 import pytest
 import torch
 from conftest import synthetic_classes
-
-from pipeline.config import load_config
-from pipeline.data import DataSpec
-from pipeline.evaluate import COMPILE_AUTO_STEPS, EvalSettings, train_and_test
+from m3d_condense.pipeline.config import load_config
+from m3d_condense.pipeline.data import DataSpec
+from m3d_condense.pipeline.evaluate import COMPILE_AUTO_STEPS, EvalSettings, train_and_test
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +35,7 @@ def test_bf16_evaluation_tracks_the_fp32_losses_but_changes_the_arithmetic(probl
 
 
 def test_eval_compile_auto_compiles_long_evaluations_only(monkeypatch):
-    from pipeline import compute
+    from m3d_condense.pipeline import compute
 
     monkeypatch.setattr(compute, "can_compile", lambda: True)
     # digits: 10 classes x 4 decoded images, batch 64 -> 1 step per epoch

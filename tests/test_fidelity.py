@@ -6,14 +6,13 @@ import math
 import pytest
 import torch
 from conftest import synthetic_classes
-
-from models import NUM_UNIFORMS, AugmentSpec, augment
-from models.imagenet_augment import color_jitter, imagenet_augment, lighting, resized_crop, rrc_boxes
-from pipeline.checkpoint import ResumeError, RunStore, condensation_config, fingerprint
-from pipeline.config import augment_spec, load_config
-from pipeline.data import ClassPool, DataSpec
-from pipeline.engine import EngineSettings, initial_images
-from pipeline.evaluate import DSA_EVAL, EvalSettings, imagenet_epochs, train_and_test
+from m3d_condense.models import NUM_UNIFORMS, AugmentSpec, augment
+from m3d_condense.models.imagenet_augment import color_jitter, imagenet_augment, lighting, resized_crop, rrc_boxes
+from m3d_condense.pipeline.checkpoint import ResumeError, RunStore, condensation_config, fingerprint
+from m3d_condense.pipeline.config import augment_spec, load_config
+from m3d_condense.pipeline.data import ClassPool, DataSpec
+from m3d_condense.pipeline.engine import EngineSettings, initial_images
+from m3d_condense.pipeline.evaluate import DSA_EVAL, EvalSettings, imagenet_epochs, train_and_test
 
 
 def _uniforms(n, seed=0):

@@ -12,12 +12,11 @@ import socket
 import pytest
 import torch
 from conftest import RAY_ENV
-
-from pipeline.checkpoint import fingerprint
-from pipeline.cli import main
-from pipeline.config import ConfigError, load_config
-from pipeline.driver import resolve_backend, split_classes
-from pipeline.worker import check_assigned_gpus
+from m3d_condense.pipeline.checkpoint import fingerprint
+from m3d_condense.pipeline.cli import main
+from m3d_condense.pipeline.config import ConfigError, load_config
+from m3d_condense.pipeline.driver import resolve_backend, split_classes
+from m3d_condense.pipeline.worker import check_assigned_gpus
 
 # Small runs: the digits preset, a narrow encoder, few iterations, evaluation of 1 epoch.
 TINY = ["iterations=4", "encoder.width=16", "batch_real=16", "log_every=2", "diagnostics.moments=false",
@@ -55,9 +54,8 @@ def test_workers_null_resolves_to_one_worker_per_gpu_of_the_ray_cluster(fake_gpu
 
 
 def test_each_actor_holds_its_own_gpu_with_a_distinct_cuda_visible_devices(fake_gpus, tmp_path):
+    from m3d_condense.pipeline.ray_backend import RayWorkers
     from omegaconf import OmegaConf
-
-    from pipeline.ray_backend import RayWorkers
 
     cfg = _digits(fake_gpus, "workers=2", "backend=ray", f"out_dir={tmp_path}")
     pool = RayWorkers(cfg, OmegaConf.to_container(cfg, resolve=True), split_classes(10, 2), str(tmp_path / "run"))

@@ -1,25 +1,26 @@
 """benchmarks/gpu_suite.py runs every part at tiny sizes on the CPU, as it would on a GPU machine
-without network access: the project not installed, and ray, webdataset and s3fs absent."""
+without network access: the project not installed but importable through a link named
+m3d_condense (benchmarks/README.md), and ray, webdataset and s3fs absent."""
 import json
 import subprocess
 import sys
 
 import pytest
 from conftest import REPO
+from m3d_condense.pipeline.compute import can_compile
 
 from benchmarks.gpu_suite import TINY
-from pipeline.compute import can_compile
 
 CHECKS = ["device_vs_cpu[reference]", "device_vs_cpu[batched]", "device_vs_cpu_tf32[reference]", "compiled_vs_eager",
           "bf16_vs_fp32_step", "bf16_vs_fp32_digits", "cache_tiers_same_batches", "eval_seeded", "split_vs_whole",
           "no_ray_import"]
 
-# Runs the suite as `python benchmarks/gpu_suite.py ARGS` would, with the packages the GPU machine
-# lacks made unimportable (each attempt is recorded) and the project's editable install hidden,
-# so every import must come from the repository the script puts on sys.path. Prints the attempted
-# imports as the last line.
+# Runs the suite as `python -m benchmarks.gpu_suite ARGS` does on the GPU machine (benchmarks/README.md):
+# the packages that machine lacks made unimportable (each attempt is recorded), the project's
+# editable install hidden, and m3d_condense found through a link to the repository, as there.
+# Prints the attempted imports as the last line.
 GPU_MACHINE = """
-import runpy, sys
+import os, runpy, sys, tempfile
 ABSENT = {"ray", "webdataset", "s3fs", "moto"}
 attempts = []
 
@@ -32,10 +33,12 @@ class Absent:
         return None
 
 sys.meta_path[:] = [Absent] + [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
-sys.path[0] = "benchmarks"
+link_dir = tempfile.mkdtemp()
+os.symlink(os.getcwd(), os.path.join(link_dir, "m3d_condense"))
+sys.path[0:1] = [os.getcwd(), link_dir]
 sys.argv = ["benchmarks/gpu_suite.py", *sys.argv[1:]]
 try:
-    runpy.run_path("benchmarks/gpu_suite.py", run_name="__main__")
+    runpy.run_module("benchmarks.gpu_suite", run_name="__main__", alter_sys=True)
 finally:
     print("IMPORT ATTEMPTS", sorted(set(attempts)))
 """

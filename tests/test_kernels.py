@@ -3,9 +3,8 @@ import itertools
 
 import pytest
 import torch
-
-from kernels import ESTIMATORS, KERNELS, mmd2, moment_gaps
-from kernels.mmd import GAUSSIAN_SCALES
+from m3d_condense.kernels import ESTIMATORS, KERNELS, mmd2, moment_gaps
+from m3d_condense.kernels.mmd import GAUSSIAN_SCALES
 
 
 def brute_force_mmd2(x, y, kernel, estimator):

@@ -1,9 +1,8 @@
 """models/: network shapes, per-image independence, augmentation and multi-formation."""
 import pytest
 import torch
-
-from models import AugmentSpec, augment, create_model, decode, list_models, mix_init
-from models.augment import NUM_UNIFORMS
+from m3d_condense.models import AugmentSpec, augment, create_model, decode, list_models, mix_init
+from m3d_condense.models.augment import NUM_UNIFORMS
 
 
 @pytest.mark.parametrize("size,channels,dim", [((32, 32), 3, 2048), ((28, 28), 1, 2048), ((64, 64), 3, 8192)])

@@ -5,11 +5,10 @@ import time
 import pytest
 import torch
 from conftest import synthetic_classes, write_npz
-
-from pipeline.cli import main
-from pipeline.data import ClassShardReader, StorageError, read_manifest
-from pipeline.data.prepare import PrepareOptions, prepare
-from pipeline.data.storage import register_webdataset_schemes
+from m3d_condense.pipeline.cli import main
+from m3d_condense.pipeline.data import ClassShardReader, StorageError, read_manifest
+from m3d_condense.pipeline.data.prepare import PrepareOptions, prepare
+from m3d_condense.pipeline.data.storage import register_webdataset_schemes
 
 FAST = ["ipc=1", "workers=1", "iterations=4", "batch_real=8", "encoder.width=16", "eval.epochs=2", "eval.test_every=1",
         "device=cpu"]

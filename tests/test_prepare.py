@@ -7,11 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import SHARED_DATA, synthetic_classes, write_npz
+from m3d_condense.pipeline.data import ClassShardReader, read_manifest
+from m3d_condense.pipeline.data.prepare import PrepareOptions, prepare
+from m3d_condense.pipeline.prepare import main as prepare_main
 from source_files import write_cifar10, write_cifar100, write_idx, write_image_folder, write_svhn
-
-from pipeline.data import ClassShardReader, read_manifest
-from pipeline.data.prepare import PrepareOptions, prepare
-from pipeline.prepare import main as prepare_main
 
 QUIET = dict(progress=False)
 

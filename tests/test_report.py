@@ -6,8 +6,7 @@ import shutil
 import subprocess
 
 import pytest
-
-from pipeline.cli import main
+from m3d_condense.pipeline.cli import main
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (.ci/run installs it)")
@@ -38,7 +37,7 @@ def test_run_report_renders_with_accuracy_moments_and_images(tmp_path):
 
 
 def test_grid_report_renders_each_method_beside_the_paper_number_and_the_moment_table(tmp_path):
-    from pipeline.report import grid_report
+    from m3d_condense.pipeline.report import grid_report
 
     moments = {"moment_synthetic_mean": 1.5, "moment_synthetic_variance": 0.3, "moment_synthetic_skewness": 2.0,
                "moment_synthetic_kurtosis": 9.0}

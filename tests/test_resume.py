@@ -10,9 +10,8 @@ import time
 import fsspec
 import torch
 from conftest import REPO
-
-from pipeline.cli import main
-from pipeline.data import storage
+from m3d_condense.pipeline.cli import main
+from m3d_condense.pipeline.data import storage
 
 TINY = ["encoder.width=16", "batch_real=16", "log_every=5", "device=cpu", "workers=1"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from pipeline.data.spec import LabeledImages
+from m3d_condense.pipeline.data.spec import LabeledImages
 
 
 def _digits(data_cfg, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -7,12 +7,12 @@ import os
 import torch
 from omegaconf import DictConfig, open_dict
 
-from pipeline.data import storage
-from pipeline.data.inmemory import load_arrays
-from pipeline.data.manifest import FILENAME, Manifest, ManifestError, read_manifest
-from pipeline.data.pool import ClassPool, StreamingClassPool
-from pipeline.data.reader import ClassShardReader
-from pipeline.data.spec import LabeledImages
+from m3d_condense.pipeline.data import storage
+from m3d_condense.pipeline.data.inmemory import load_arrays
+from m3d_condense.pipeline.data.manifest import FILENAME, Manifest, ManifestError, read_manifest
+from m3d_condense.pipeline.data.pool import ClassPool, StreamingClassPool
+from m3d_condense.pipeline.data.reader import ClassShardReader
+from m3d_condense.pipeline.data.spec import LabeledImages
 
 CACHE_TIERS = ("auto", "device", "host", "stream")
 AUTO_PARALLEL_IMAGES = 20_000  # below this, starting decode processes costs more than it saves

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.data import storage
+from m3d_condense.pipeline.data import storage
 
 FILENAME = "manifest.parquet"
 FORMAT_VERSION = 1

@@ -11,9 +11,9 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from pipeline.data.reader import ClassShardReader
-from pipeline.data.spec import LabeledImages
-from pipeline.seeding import generator
+from m3d_condense.pipeline.data.reader import ClassShardReader
+from m3d_condense.pipeline.data.spec import LabeledImages
+from m3d_condense.pipeline.seeding import generator
 
 
 class ClassPool:

@@ -17,10 +17,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.data import storage
-from pipeline.data.manifest import FILENAME, Manifest, ManifestError, ShardRow, read_manifest
-from pipeline.data.shards import Sample, build_shard, encode_image
-from pipeline.data.sources import ImageRef, Source, SourceError, SourceSplit, open_source, read_name_list
+from m3d_condense.pipeline.data import storage
+from m3d_condense.pipeline.data.manifest import FILENAME, Manifest, ManifestError, ShardRow, read_manifest
+from m3d_condense.pipeline.data.shards import Sample, build_shard, encode_image
+from m3d_condense.pipeline.data.sources import ImageRef, Source, SourceError, SourceSplit, open_source, read_name_list
 
 FORMATS = ("auto", "png", "jpeg")
 

@@ -8,8 +8,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from pipeline.data.manifest import Manifest, read_manifest
-from pipeline.data.shards import ShardError, iter_shard, sample_pixels
+from m3d_condense.pipeline.data.manifest import Manifest, read_manifest
+from m3d_condense.pipeline.data.shards import ShardError, iter_shard, sample_pixels
 
 
 class ClassShardReader:

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from pipeline.data import storage
+from m3d_condense.pipeline.data import storage
 
 IMAGE_EXTS = {"png": "png", "jpeg": "jpg", "jpg": "jpg"}
 
