@@ -2,9 +2,15 @@
 
     python -m benchmarks.compare_methods PRESET [key=value ...] [--out FILE]
 
-Every method runs through ``pipeline.cli.run`` with the same overrides (same IPC, seed,
-evaluation protocol); one JSON line per method is appended to FILE (default
-benchmarks/results/compare_<preset>.jsonl) and a table is printed.
+Every method (``--methods``, names of ``pipeline.config.NAMED_METHODS``) runs through
+``pipeline.cli.run`` with the same overrides (same IPC, seed, evaluation protocol); one JSON
+line per method is appended to FILE (default benchmarks/results/compare_<preset>.jsonl) and a
+table is printed.
+
+DM's released setting is lr 1 on images stored *normalised*; we store pixels in [0, 1], where
+the same step is lr * std^2 ~ 0.1 for these datasets (std ~ 0.3). The linear kernel's gradient
+is orders of magnitude larger than the Gaussian's, so M3D's lr 1 would saturate DM's pixels:
+hence DM's lr 0.1.
 """
 from __future__ import annotations
 
@@ -13,16 +19,9 @@ import platform
 import time
 from pathlib import Path
 
-from m3d_condense.pipeline.cli import run
-from m3d_condense.pipeline.config import load_config
-
 from benchmarks.record import append, git_commit
-
-# DM's released setting is lr 1 on images stored *normalised*; we store pixels in [0, 1], where
-# the same step is lr * std^2 ~ 0.1 for these datasets (std ~ 0.3). The linear kernel's gradient
-# is orders of magnitude larger than the Gaussian's, so M3D's lr 1 would saturate DM's pixels.
-METHODS = {"random": ["method=random"], "herding": ["method=herding"], "whole": ["method=whole"],
-           "dm": ["kernel=linear", "lr=0.1"], "m3d": ["kernel=gaussian"]}
+from m3d_condense.pipeline.cli import run
+from m3d_condense.pipeline.config import NAMED_METHODS, load_config
 
 
 def main() -> None:
@@ -36,7 +35,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for method in args.methods.split(","):
-        overrides = [*METHODS[method], *args.overrides]  # the command line wins
+        overrides = [*NAMED_METHODS[method], *args.overrides]  # the command line wins
         cfg = load_config(args.preset, overrides)
         cfg.run_name = f"compare_{args.preset}_{method}_lr{cfg.lr}"
         start = time.perf_counter()

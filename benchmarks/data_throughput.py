@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from m3d_condense.pipeline.data import ClassPool, ClassShardReader, DataSpec, StreamingClassPool
-from m3d_condense.pipeline.data.prepare import PrepareOptions, prepare
-from m3d_condense.pipeline.engine import Condenser, EngineSettings
 from torch.nn import functional as F
 
 from benchmarks.record import RESULTS as RESULTS_DIR
 from benchmarks.record import machine, report
+from m3d_condense.pipeline.config import DataConfig, EncoderConfig, RunConfig
+from m3d_condense.pipeline.data import ClassCache, ClassShardReader, StreamingClassCache
+from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
+from m3d_condense.pipeline.engine import Condenser
 
 RESULTS = RESULTS_DIR / "data_throughput.jsonl"
 
@@ -54,10 +55,10 @@ def decode_rate(root: str, classes: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def engine_seconds_per_iteration(pool, classes: int, iterations: int) -> float:
-    spec = DataSpec(classes, 3, (32, 32), (0.5,) * 3, (0.25,) * 3)
-    s = EngineSettings(data=spec, ipc=1, factor=2, batch_real=64, encoder="convnet3")
-    condenser = Condenser(s, pool, list(range(classes)))
+def engine_seconds_per_iteration(cache, classes: int, iterations: int) -> float:
+    data = DataConfig(num_classes=classes, channels=3, image_size=[32, 32], mean=[0.5] * 3, std=[0.25] * 3)
+    cfg = RunConfig(ipc=1, factor=2, batch_real=64, compile=False, encoder=EncoderConfig(arch="convnet3"), data=data)
+    condenser = Condenser(cfg, cache, list(range(classes)))
     condenser.step()  # warm-up
     start = time.perf_counter()
     for _ in range(iterations):
@@ -105,12 +106,12 @@ def main() -> None:
     result["engine_threads"] = torch.get_num_threads()
     root = str(tmp / "png32" / "shards")
     reader = ClassShardReader(root)
-    pools = {"cache": ClassPool.from_shards(reader, "train", range(10), progress=False),
-             "stream_local": StreamingClassPool(reader, "train", range(10))}
+    caches = {"cache": ClassCache.from_shards(reader, "train", range(10), progress=False),
+             "stream_local": StreamingClassCache(reader, "train", range(10))}
     if server:
-        pools["stream_s3"] = StreamingClassPool(ClassShardReader("s3://bench/png32"), "train", range(10))
-    for mode, pool in pools.items():
-        result[f"engine_s_per_it_{mode}"] = round(engine_seconds_per_iteration(pool, 10, args.iterations), 4)
+        caches["stream_s3"] = StreamingClassCache(ClassShardReader("s3://bench/png32"), "train", range(10))
+    for mode, cache in caches.items():
+        result[f"engine_s_per_it_{mode}"] = round(engine_seconds_per_iteration(cache, 10, args.iterations), 4)
     result["engine_shape"] = "cifar10-like 10 classes x 32 px, ipc 1, factor 2, real batch 64, convnet3"
     if server:
         server.stop()

@@ -18,10 +18,11 @@ import time
 from typing import Callable
 
 import torch
-from m3d_condense.pipeline.compute import synchronize
 from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
+
+from m3d_condense.pipeline.compute import synchronize
 
 
 class _FlopCounter(TorchDispatchMode):

@@ -72,19 +72,18 @@ from typing import Callable
 
 import numpy as np
 import torch
-from m3d_condense.pipeline.cli import run as run_preset
-from m3d_condense.pipeline.compute import can_compile, synchronize
-from m3d_condense.pipeline.config import load_config
-from m3d_condense.pipeline.data import ClassPool, LabeledImages, open_class_pool
-from m3d_condense.pipeline.data.prepare import PrepareOptions, prepare
-from m3d_condense.pipeline.engine import Condenser, EngineSettings
-from m3d_condense.pipeline.evaluate import EvalSettings, train_and_test
-from m3d_condense.pipeline.worker import pick_device
-from omegaconf import OmegaConf
 
 from benchmarks.flops import count_flops, measured_peaks
 from benchmarks.record import git_commit
-from benchmarks.speed_vs_reference import EvalLoop, compare, random_dataset
+from benchmarks.speed_vs_reference import EvalLoop, compare, random_dataset, with_eval
+from m3d_condense.pipeline.cli import run as run_preset
+from m3d_condense.pipeline.compute import can_compile, synchronize
+from m3d_condense.pipeline.config import DataConfig, RunConfig, load_config
+from m3d_condense.pipeline.data import ClassCache, LabeledImages, open_class_cache
+from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
+from m3d_condense.pipeline.engine import Condenser
+from m3d_condense.pipeline.evaluate import train_and_test
+from m3d_condense.pipeline.worker import pick_device
 
 PARTS = ("correctness", "speed_cifar10", "speed_imagenet100", "eval_speed", "protocol")
 MODES = {"fp32": {}, "bf16": {"precision": "bf16"}, "compiled_bf16": {"compile": True, "precision": "bf16"},
@@ -277,31 +276,26 @@ def reset_peak_memory(device: torch.device) -> None:
 # Data and settings
 # --------------------------------------------------------------------------------------------
 
-def engine_settings(w: Workload, **changes) -> EngineSettings:
-    """The preset's engine settings (compile off, fp32 unless ``changes`` say otherwise)."""
-    cfg = load_config(w.preset, [*w.overrides, "compile=false"])
-    return dataclasses.replace(EngineSettings.from_config(cfg), **changes)
+def preset_config(w: Workload) -> RunConfig:
+    """The preset's run config at the workload's shape, with the encoder and the evaluation
+    eager (compile off): the checks and modes change it with ``dataclasses.replace`` and
+    ``with_eval``."""
+    return load_config(w.preset, [*w.overrides, "compile=false", "eval.compile=false"])
 
 
-def eval_settings(w: Workload, **changes) -> EvalSettings:
-    """The preset's evaluation recipe (compile off unless ``changes`` say otherwise)."""
-    cfg = load_config(w.preset, [*w.overrides, "eval.compile=false"])
-    return dataclasses.replace(EvalSettings.from_config(cfg), **changes)
-
-
-def real_per_class(s: EngineSettings) -> int:
+def real_per_class(s: RunConfig) -> int:
     """Real images a class needs: a full real batch and the initial synthetic sample."""
     return max(s.batch_real, s.ipc * s.factor**2)
 
 
-def random_uint8_pool(s: EngineSettings, device: torch.device, seed: int = 0) -> ClassPool:
+def random_uint8_pool(s: RunConfig, device: torch.device, seed: int = 0) -> ClassCache:
     """Random uint8 real images, (classes * real_per_class(s), C, H, W) class-major, generated on
-    and kept on ``device`` (speed does not depend on content; an ImageNet-100 pool is ~2 GB)."""
+    and kept on ``device`` (speed does not depend on content; an ImageNet-100 cache is ~2 GB)."""
     n, (h, w) = real_per_class(s), s.data.image_size
     g = torch.Generator(device=device).manual_seed(seed)
     images = torch.randint(0, 256, (s.data.num_classes * n, s.data.channels, h, w), generator=g, device=device,
                            dtype=torch.uint8)
-    return ClassPool(images, {c: n for c in range(s.data.num_classes)}, device)
+    return ClassCache(images, {c: n for c in range(s.data.num_classes)}, device)
 
 
 def patterned_images(classes: int, per_class: int, channels: int, size: tuple[int, int], seed: int) -> LabeledImages:
@@ -339,12 +333,12 @@ class StepResult:
         return self.after - self.before
 
 
-def run_steps(s: EngineSettings, data: LabeledImages, classes: list[int], device: torch.device,
+def run_steps(s: RunConfig, data: LabeledImages, classes: list[int], device: torch.device,
               steps: int = 1) -> StepResult:
     """``steps`` engine steps over ``classes`` of ``data`` (all classes' images, class-major), on
     ``device``, with ``s.chunk_classes`` (0 would tune; the checks pass it explicitly)."""
-    pool = ClassPool.from_labeled(data, classes, device)
-    condenser = Condenser(s, pool, classes, device)
+    cache = ClassCache.from_labeled(data, classes, device)
+    condenser = Condenser(s, cache, classes, device)
     before = condenser.images.detach().cpu().clone()
     losses = torch.zeros(len(classes))
     for _ in range(steps):
@@ -368,7 +362,7 @@ def compare_steps(a: StepResult, b: StepResult, tolerance: float, what: str) -> 
 def correctness(results: Results, sizes: Sizes, device: torch.device, work: Path) -> None:
     """Every correctness check, each guarded; the CIFAR-10 workload of ``sizes`` is the shape."""
     w = sizes.cifar10
-    base = engine_settings(w)
+    base = preset_config(w)
     classes = list(range(base.data.num_classes))
     base = dataclasses.replace(base, chunk_classes=len(classes))  # one forward: no tuning, no extra compiled shape
     data = patterned_images(len(classes), real_per_class(base), base.data.channels, base.data.image_size, seed=0)
@@ -438,7 +432,7 @@ def digits_precision(sizes: Sizes, device: torch.device, work: Path) -> dict:
                       f"{100 * accuracy['fp32']:.2f}%, bf16 {100 * accuracy['bf16']:.2f}%"), "accuracy": accuracy}
 
 
-def cache_tiers(sizes: Sizes, s: EngineSettings, device: torch.device, work: Path) -> dict:
+def cache_tiers(sizes: Sizes, s: RunConfig, device: torch.device, work: Path) -> dict:
     """Prepare a small sharded set, open it in the device, host and stream cache tiers and count
     the real batches (several iterations) that differ from the host tier's."""
     classes = list(range(s.data.num_classes))
@@ -446,17 +440,16 @@ def cache_tiers(sizes: Sizes, s: EngineSettings, device: torch.device, work: Pat
     write_npz(work / "tiers_src", "train", data)
     prepare(str(work / "tiers_src"), str(work / "tiers"), PrepareOptions(progress=False, shard_size=50),
             log=lambda _m: None)
-    pools = {tier: open_class_pool(OmegaConf.create({"source": "shards", "root": str(work / "tiers"), "cache": tier,
-                                                     "cache_gb": 8, "verify": True, "read_workers": 1}),
+    caches = {tier: open_class_cache(DataConfig(source="shards", root=str(work / "tiers"), cache=tier, read_workers=1),
                                    classes, device, progress=False)
              for tier in ("device", "host", "stream")}
-    where = {tier: str(p.images.device) if hasattr(p, "images") else "shards" for tier, p in pools.items()}
+    where = {tier: str(p.images.device) if hasattr(p, "images") else "shards" for tier, p in caches.items()}
     batch = min(s.batch_real, sizes.tiers_per_class - 1)
     differing, draws = 0, 0
     for t in range(4):
-        host = pools["host"].sample(classes, batch, s.seed, t).cpu()
+        host = caches["host"].sample(classes, batch, s.seed, t).cpu()
         for tier in ("device", "stream"):
-            differing += not torch.equal(pools[tier].sample(classes, batch, s.seed, t).cpu(), host)
+            differing += not torch.equal(caches[tier].sample(classes, batch, s.seed, t).cpu(), host)
             draws += 1
     placed = where["device"].startswith(device.type) and where["host"] == "cpu"
     result = verdict(differing, 0, f"{draws} batches of {batch} per class from the device and stream tiers vs host; "
@@ -469,16 +462,15 @@ def cache_tiers(sizes: Sizes, s: EngineSettings, device: torch.device, work: Pat
 def eval_seeded(sizes: Sizes, device: torch.device) -> dict:
     """Train and test ConvNet-3 on the device twice with one seed: the accuracies must be equal
     (the detail gives the largest difference of the per-epoch training losses too)."""
-    w = sizes.cifar10
-    s = eval_settings(w, epochs=sizes.eval_check_epochs, test_every=sizes.eval_check_epochs)
-    n = engine_settings(w).ipc * engine_settings(w).factor**2
+    s = with_eval(preset_config(sizes.cifar10), epochs=sizes.eval_check_epochs, test_every=sizes.eval_check_epochs)
+    n = s.ipc * s.factor**2
     train = patterned_images(s.data.num_classes, n, s.data.channels, s.data.image_size, seed=2)
     test = patterned_images(s.data.num_classes, 20, s.data.channels, s.data.image_size, seed=3)
     images = train.images.float().div(255)
     runs = [train_and_test(images, train.labels, test, "convnet3", s, seed=7, device=device) for _ in range(2)]
     gap = abs(runs[0].accuracy - runs[1].accuracy)
     loss_gap = max(abs(a - b) for a, b in zip(runs[0].losses, runs[1].losses, strict=True))
-    return {**verdict(gap, 0.0, f"convnet3, {len(images)} images, {s.epochs} epochs on {device}: accuracies "
+    return {**verdict(gap, 0.0, f"convnet3, {len(images)} images, {s.eval.epochs} epochs on {device}: accuracies "
                       f"{100 * runs[0].accuracy:.2f}% / {100 * runs[1].accuracy:.2f}%, largest training-loss "
                       f"difference {loss_gap:.2e}"), "accuracy": runs[0].accuracy}
 
@@ -522,11 +514,11 @@ def matmul_peak(peaks: dict, precision: str, device: torch.device) -> float | No
 def condense_speed(results: Results, sizes: Sizes, w: Workload, modes: list[str], device: torch.device,
                    peaks: dict) -> None:
     """It/s, projected run time, peak memory and achieved TFLOP/s of each mode on workload ``w``."""
-    base = engine_settings(w)
+    base = preset_config(w)
     classes = list(range(base.data.num_classes))
     if sizes.chunk_classes != 0:
         base = dataclasses.replace(base, chunk_classes=len(classes) if sizes.chunk_classes < 0 else sizes.chunk_classes)
-    pool = random_uint8_pool(base, device)
+    cache = random_uint8_pool(base, device)
     chunks: dict[str, int] = {}  # classes per forward the eager modes chose; their compiled modes reuse it
     flops: dict[str, int] = {}
 
@@ -537,7 +529,7 @@ def condense_speed(results: Results, sizes: Sizes, w: Workload, modes: list[str]
         eager_twin = mode.removeprefix("compiled_")
         if s.compile and s.chunk_classes == 0 and eager_twin in chunks:
             s = dataclasses.replace(s, chunk_classes=chunks[eager_twin])
-        condenser = Condenser(s, pool, classes, device)
+        condenser = Condenser(s, cache, classes, device)
         start = time.perf_counter()
         condenser.step()  # tunes the chunk (chunk_classes=0) and compiles (compile=True): not timed
         condenser.step()
@@ -547,7 +539,7 @@ def condense_speed(results: Results, sizes: Sizes, w: Workload, modes: list[str]
         reset_peak_memory(device)
         it_per_s = compare({mode: condenser}, sizes.steps_per_round, sizes.rounds, device)[mode]
         if "step" not in flops:  # one eager fp32 step: the same matmul/conv work as every mode's
-            counted = Condenser(dataclasses.replace(base, chunk_classes=condenser.chunk), pool, classes, device)
+            counted = Condenser(dataclasses.replace(base, chunk_classes=condenser.chunk), cache, classes, device)
             flops["step"] = count_flops(counted.step)
         peak = matmul_peak(peaks, s.precision, device)
         tflops = it_per_s * flops["step"] / 1e12
@@ -565,24 +557,23 @@ def condense_speed(results: Results, sizes: Sizes, w: Workload, modes: list[str]
 def eval_speed(results: Results, sizes: Sizes, w: Workload, modes: list[str], device: torch.device) -> None:
     """Epochs/s of one ``w.eval_arch`` model on the preset's IPC 10 decoded set (random pixels,
     ``ipc * factor^2`` per class, on the device), per evaluation mode."""
-    e = engine_settings(w)
-    base = eval_settings(w, epochs=w.eval_epochs, test_every=10**9)
-    per_class = e.ipc * e.factor**2
-    h, wd = e.data.image_size
+    base = with_eval(preset_config(w), epochs=w.eval_epochs, test_every=10**9)
+    per_class = base.ipc * base.factor**2
+    h, wd = base.data.image_size
     g = torch.Generator(device=device).manual_seed(1)
-    images = torch.rand(e.data.num_classes * per_class, e.data.channels, h, wd, generator=g, device=device)
-    labels = torch.arange(e.data.num_classes).repeat_interleave(per_class)
-    test = random_dataset(e.data.num_classes, 1, e.data.channels, h)  # the timing is training's: a token test set
+    images = torch.rand(base.data.num_classes * per_class, base.data.channels, h, wd, generator=g, device=device)
+    labels = torch.arange(base.data.num_classes).repeat_interleave(per_class)
+    test = random_dataset(base.data.num_classes, 1, base.data.channels, h)  # the timing is training's: a token test set
 
     def one_mode(mode: str) -> dict:
-        s = dataclasses.replace(base, **EVAL_MODES[mode])
-        if s.compile and not can_compile():
+        s = with_eval(base, **EVAL_MODES[mode])
+        if s.eval.compile and not can_compile():
             return {"status": "SKIP", "error": "no C++ compiler for CPU kernels"}
         reset_peak_memory(device)
         start = time.perf_counter()
         rate = compare({mode: EvalLoop(s, images, labels, test, 1, device, w.eval_arch)}, 1, sizes.rounds, device)[mode]
-        return {"status": "PASS", "epochs_per_s": rate * s.epochs, "epochs_per_round": s.epochs,
-                "images": len(labels), "batch_size": s.batch_size, "recipe": s.recipe,
+        return {"status": "PASS", "epochs_per_s": rate * s.eval.epochs, "epochs_per_round": s.eval.epochs,
+                "images": len(labels), "batch_size": s.eval.batch_size, "recipe": str(s.eval.recipe),
                 "peak_memory_gib": peak_memory_gib(device), "total_s": time.perf_counter() - start}
 
     for mode in modes:

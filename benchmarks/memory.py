@@ -22,14 +22,16 @@ CONFIGS = [(c, ipc, size) for size in (32, 64) for ipc in (1, 10) for c in (5, 1
 CHILD = """
 import resource, sys, json, torch
 from benchmarks.speed_vs_reference import random_dataset
-from m3d_condense.pipeline.data import ClassPool, DataSpec
-from m3d_condense.pipeline.engine import Condenser, EngineSettings
+from m3d_condense.pipeline.config import DataConfig, EncoderConfig, RunConfig
+from m3d_condense.pipeline.data import ClassCache
+from m3d_condense.pipeline.engine import Condenser
 from m3d_condense.pipeline.memory import step_bytes
 classes, ipc, size, device = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), torch.device(sys.argv[4])
-spec = DataSpec(classes, 3, (size, size), (0.5,) * 3, (0.25,) * 3)
-s = EngineSettings(data=spec, ipc=ipc, factor=2, batch_real=128, encoder="convnet3", chunk_classes=classes)
-pool = ClassPool.from_labeled(random_dataset(classes, max(128, ipc * 4) + 8, 3, size), range(classes), device)
-c = Condenser(s, pool, range(classes), device)
+data = DataConfig(num_classes=classes, channels=3, image_size=[size, size], mean=[0.5] * 3, std=[0.25] * 3)
+s = RunConfig(ipc=ipc, factor=2, batch_real=128, compile=False, chunk_classes=classes,
+              encoder=EncoderConfig(arch="convnet3"), data=data)
+cache = ClassCache.from_labeled(random_dataset(classes, max(128, ipc * 4) + 8, 3, size), range(classes), device)
+c = Condenser(s, cache, range(classes), device)
 if device.type == "cuda":
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
 else:

@@ -13,25 +13,26 @@ import os
 import statistics
 
 import torch
+
 from m3d_condense.pipeline import outputs
+from m3d_condense.pipeline.config import named_method, read_config
 from m3d_condense.pipeline.data import storage
-from m3d_condense.pipeline.data.loading import open_class_pool
-from m3d_condense.pipeline.engine import EngineSettings, initial_images
-from m3d_condense.pipeline.report import method_name
-from omegaconf import OmegaConf
+from m3d_condense.pipeline.data.dataset import open_class_cache
+from m3d_condense.pipeline.engine import initial_images
 
 
-def run_shift(run_url: str, pools: dict) -> tuple[tuple, float] | None:
-    cfg = OmegaConf.create(storage.read_bytes(storage.join(run_url, "config.yaml")).decode())
+def run_shift(run_url: str, caches: dict) -> tuple[tuple, float] | None:
+    config_url = storage.join(run_url, "config.yaml")
+    cfg = read_config(storage.read_bytes(config_url).decode(), config_url)
     if cfg.method != "m3d" or not storage.exists(storage.join(run_url, "synthetic.pt")):
         return None
     classes = list(range(cfg.data.num_classes))
     key = (cfg.preset, cfg.data.root)
-    if key not in pools:
-        pools[key] = open_class_pool(cfg.data, classes, torch.device("cpu"), progress=False)
+    if key not in caches:
+        caches[key] = open_class_cache(cfg.data, classes, torch.device("cpu"), progress=False)
     stored = outputs.load_synthetic(storage.join(run_url, "synthetic.pt"))["images"]
-    start = initial_images(pools[key], classes, EngineSettings.from_config(cfg))
-    method = method_name({"method": cfg.method, "kernel": cfg.kernel})
+    start = initial_images(caches[key], classes, cfg)
+    method = named_method(cfg.method, cfg.kernel)
     return (cfg.preset, cfg.ipc, method, cfg.lr, cfg.iterations), float((stored - start).abs().mean())
 
 
@@ -40,11 +41,11 @@ def main() -> None:
     ap.add_argument("grid_dir")
     args = ap.parse_args()
     shifts: dict = {}
-    pools: dict = {}
+    caches: dict = {}
     runs = storage.join(args.grid_dir, "runs")
     fs, root = storage.filesystem(runs)
     for name in sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)):
-        found = run_shift(storage.join(runs, name), pools)
+        found = run_shift(storage.join(runs, name), caches)
         if found:
             shifts.setdefault(found[0], []).append(found[1])
     print("| dataset | IPC | method | lr | iterations | pixel shift | runs |")

@@ -22,17 +22,19 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
 from m3d_condense.kernels import mmd2
 from m3d_condense.models import augment, decode
-from m3d_condense.pipeline.data import ClassPool
-from m3d_condense.pipeline.engine import EngineSettings, augment_uniforms, build_encoder, initial_images
+from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.data import ClassCache
+from m3d_condense.pipeline.engine import augment_uniforms, build_encoder, initial_images
 
 
 class ReferenceLoop:
-    def __init__(self, settings: EngineSettings, pool: ClassPool, classes: Sequence[int], device: str = "cpu"):
+    def __init__(self, settings: RunConfig, cache: ClassCache, classes: Sequence[int], device: str = "cpu"):
         s = self.s = settings
-        self.pool, self.classes, self.device = pool, list(classes), torch.device(device)
-        init = initial_images(pool, self.classes, s).to(self.device)
+        self.cache, self.classes, self.device = cache, list(classes), torch.device(device)
+        init = initial_images(cache, self.classes, s).to(self.device)
         self.images = init.requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=s.lr, momentum=s.momentum)
         self.iteration = 0
@@ -59,7 +61,7 @@ class ReferenceLoop:
         u = augment_uniforms(s, t)
         losses = []
         for pos, c in enumerate(self.classes):
-            real = self.pool.sample([c], s.batch_real, s.seed, t).to(self.device)
+            real = self.cache.sample([c], s.batch_real, s.seed, t).to(self.device)
             syn = decode(self.images[pos * s.ipc:(pos + 1) * s.ipc], s.factor)
             x = s.data.normalize(torch.cat([real, syn]))
             x = augment(x, u[[c]], torch.zeros(len(x), dtype=torch.long), s.augment)  # one draw for the class

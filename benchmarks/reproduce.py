@@ -4,9 +4,10 @@ table; a rerun skips the cells the table already has.
     python -m benchmarks.reproduce --presets mnist,fashion_mnist --ipc 1,10,50 \\
         --methods random,herding,dm,m3d --seeds 0,1,2 [key=value ...] [--out DIR]
 
-Methods: random, herding, dm (linear kernel), m3d, whole (the whole training set, the upper
-bound; its IPC is ignored and the report shows it as "whole set"). A variant with its own
-overrides is NAME:key=value[:key=value...], e.g. dm:lr=0.01 (a column of its own in the table).
+Methods (``pipeline.config.NAMED_METHODS``): random, herding, dm (linear kernel), m3d, whole
+(the whole training set, the upper bound; its IPC is ignored and the report shows it as "whole
+set"). A variant with its own overrides is NAME:key=value[:key=value...], e.g. dm:lr=0.01 (a
+column of its own in the table).
 
 Overrides after the options apply to every cell (e.g. a reduced protocol: iterations=200
 eval.epochs=100 data.root=...; use {preset} in a value for the preset's name, e.g.
@@ -28,13 +29,12 @@ import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from benchmarks.record import RESULTS, git_commit, machine
 from m3d_condense.pipeline.cli import run
-from m3d_condense.pipeline.config import load_config
+from m3d_condense.pipeline.config import NAMED_METHODS, load_config
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.report import grid_markdown, grid_report
-
-from benchmarks.compare_methods import METHODS
-from benchmarks.record import RESULTS, git_commit, machine
 
 KEY = ("dataset", "ipc", "method", "seed", "protocol")
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [o.replace("{preset}", preset) for o in args.overrides]
         base, *variant = method.split(":")
         name = f"{preset}_{method.replace(':', '_').replace('=', '')}_ipc{ipc}_s{seed}"
-        cfg = load_config(preset, [*METHODS[base], *variant, f"ipc={ipc}", f"seed={seed}",
+        cfg = load_config(preset, [*NAMED_METHODS[base], *variant, f"ipc={ipc}", f"seed={seed}",
                                    f"out_dir={storage.join(args.out, 'runs')}", f"run_name={name}", *overrides])
         print(f"[grid] {preset} ipc {ipc} {method} seed {seed}", file=sys.stderr, flush=True)
         rows = cell_rows(run(cfg, progress=False), cell)

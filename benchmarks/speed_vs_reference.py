@@ -36,18 +36,24 @@ import statistics
 import time
 
 import torch
-from m3d_condense.pipeline.compute import synchronize
-from m3d_condense.pipeline.data import ClassPool, DataSpec, LabeledImages
-from m3d_condense.pipeline.engine import Condenser, EngineSettings
-from m3d_condense.pipeline.evaluate import EvalSettings, train_and_test
 
 from benchmarks.flops import count_flops, measured_peaks
 from benchmarks.reference_loop import ReferenceLoop
+from m3d_condense.pipeline.compute import synchronize
+from m3d_condense.pipeline.config import DataConfig, EncoderConfig, EvalConfig, RunConfig
+from m3d_condense.pipeline.data import ClassCache, LabeledImages
+from m3d_condense.pipeline.engine import Condenser
+from m3d_condense.pipeline.evaluate import train_and_test
 
 MODES = {"eager": dict(compile=False), "compiled": dict(compile=True),
-         "compiled_bf16": dict(compile=True, precision="bf16")}
+         "compiled_bf16": dict(compile=True, precision="bf16")}  # changes of the run config
 EVAL_MODES = {"eager": dict(compile=False), "compiled": dict(compile=True), "eager_bf16": dict(precision="bf16"),
-              "compiled_bf16": dict(compile=True, precision="bf16")}
+              "compiled_bf16": dict(compile=True, precision="bf16")}  # changes of its eval section
+
+
+def with_eval(cfg: RunConfig, **changes) -> RunConfig:
+    """``cfg`` with ``changes`` to its ``eval`` section."""
+    return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, **changes))
 
 
 def random_dataset(classes: int, per_class: int, channels: int, size: int) -> LabeledImages:
@@ -83,7 +89,7 @@ class EvalLoop:
     """``runs`` evaluations of ``arch`` (train from scratch, test once at the end), each with a
     new seed, per ``step``, as the driver runs them one after another."""
 
-    def __init__(self, settings: EvalSettings, images: torch.Tensor, labels: torch.Tensor, test: LabeledImages,
+    def __init__(self, settings: RunConfig, images: torch.Tensor, labels: torch.Tensor, test: LabeledImages,
                  runs: int, device: torch.device, arch: str = "convnet3"):
         self.s, self.images, self.labels, self.test, self.runs, self.device = settings, images, labels, test, runs, device
         self.arch, self.seed = arch, 0
@@ -94,20 +100,20 @@ class EvalLoop:
             train_and_test(self.images, self.labels, self.test, self.arch, self.s, self.seed, self.device)
 
 
-def eval_comparison(args, spec: DataSpec, device: torch.device, modes: list[str]) -> dict:
+def eval_comparison(args, cfg: RunConfig, device: torch.device, modes: list[str]) -> dict:
     """Epochs/s of each evaluation mode (all runs together), their ratios to eager fp32, and
-    the FLOPs of one training epoch of one model."""
+    the FLOPs of one training epoch of one model, on the dataset of ``cfg``."""
     n = args.ipc * args.factor**2
     g = torch.Generator().manual_seed(1)
     images = torch.rand(args.classes * n, args.channels, args.size, args.size, generator=g)
     labels = torch.arange(args.classes).repeat_interleave(n)
     test = random_dataset(args.classes, 1, args.channels, args.size)  # the timing is training's: a token test set
-    base = EvalSettings(data=spec, epochs=args.eval_epochs, test_every=10**9)
-    loops = {m: EvalLoop(dataclasses.replace(base, **EVAL_MODES[m]), images, labels, test, args.eval_runs, device)
+    base = dataclasses.replace(cfg, eval=EvalConfig(epochs=args.eval_epochs, test_every=10**9, compile=False))
+    loops = {m: EvalLoop(with_eval(base, **EVAL_MODES[m]), images, labels, test, args.eval_runs, device)
              for m in ["eager", *[m for m in modes if m != "eager"]]}
     rates = compare(loops, 1, args.rounds, device)  # rounds of one step = runs x eval_epochs epochs
     epochs_per_s = {m: r * args.eval_epochs for m, r in rates.items()}
-    one_epoch = dataclasses.replace(base, epochs=1)
+    one_epoch = with_eval(base, epochs=1)
     flops = count_flops(lambda: train_and_test(images, labels, test, "convnet3", one_epoch, 0, device))
     return {"eval_epochs_per_s": epochs_per_s, "eval_ratios": {m: v / epochs_per_s["eager"] for m, v in epochs_per_s.items()},
             "eval_flops_per_epoch": flops * args.eval_runs, "eval_runs": args.eval_runs, "eval_epochs": args.eval_epochs}
@@ -135,23 +141,24 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    data = random_dataset(args.classes, max(args.batch_real, args.ipc * args.factor**2) + 8, args.channels, args.size)
-    spec = DataSpec(args.classes, args.channels, (args.size, args.size), (0.5,) * args.channels, (0.25,) * args.channels)
-    s = EngineSettings(data=spec, ipc=args.ipc, factor=args.factor, batch_real=args.batch_real, encoder=args.encoder,
-                       chunk_classes=args.chunk_classes)
+    real = random_dataset(args.classes, max(args.batch_real, args.ipc * args.factor**2) + 8, args.channels, args.size)
+    data = DataConfig(num_classes=args.classes, channels=args.channels, image_size=[args.size, args.size],
+                      mean=[0.5] * args.channels, std=[0.25] * args.channels)
+    s = RunConfig(ipc=args.ipc, factor=args.factor, batch_real=args.batch_real, compile=False,
+                  chunk_classes=args.chunk_classes, encoder=EncoderConfig(arch=args.encoder), data=data)
     classes = list(range(args.classes))
-    pool = ClassPool.from_labeled(data, classes, device)
+    cache = ClassCache.from_labeled(real, classes, device)
     modes = [m for m in args.modes.split(",") if m]
     eval_modes = [m for m in args.eval_modes.split(",") if m]
     for given, valid in ((modes, MODES), (eval_modes, EVAL_MODES)):
         if set(given) - set(valid):
             ap.error(f"unknown modes {sorted(set(given) - set(valid))}; choose from {sorted(valid)}")
     settings = {m: dataclasses.replace(s, **MODES[m]) for m in modes}
-    loops = {"reference": ReferenceLoop(s, pool, classes, device),
-             **{m: Condenser(settings[m], pool, classes, device) for m in modes}}
+    loops = {"reference": ReferenceLoop(s, cache, classes, device),
+             **{m: Condenser(settings[m], cache, classes, device) for m in modes}}
     speeds = compare(loops, args.iterations, args.rounds, device)
-    flops = {"reference": count_flops(ReferenceLoop(s, pool, classes, device).step),
-             "ours": count_flops(Condenser(dataclasses.replace(s, compile=False), pool, classes, device).step)}
+    flops = {"reference": count_flops(ReferenceLoop(s, cache, classes, device).step),
+             "ours": count_flops(Condenser(dataclasses.replace(s, compile=False), cache, classes, device).step)}
     peaks = measured_peaks(device, args.peak_seconds) if args.peak_seconds > 0 else {}
     ref = speeds["reference"]
 
@@ -172,7 +179,7 @@ def main() -> None:
         frac = of_peak(name)
         print(f"{name:15s} {speeds[name]:8.3f} it/s  {speeds[name] / ref:5.2f}x  "
               + (f"{100 * frac:5.1f}% of peak" if frac is not None else ""))
-    ev = eval_comparison(args, spec, device, eval_modes) if eval_modes else {}
+    ev = eval_comparison(args, s, device, eval_modes) if eval_modes else {}
     if ev:
         model_epoch_gflop = ev["eval_flops_per_epoch"] / args.eval_runs / 1e9
         ev["eval_fraction_of_peak"] = {

@@ -18,21 +18,21 @@ import time
 from pathlib import Path
 
 import torch
-from m3d_condense.models import decode
-from m3d_condense.pipeline.config import load_config
-from m3d_condense.pipeline.data.loading import open_class_pool
-from m3d_condense.pipeline.driver import evaluate_all
-from m3d_condense.pipeline.engine import Condenser, EngineSettings
 
-from benchmarks.compare_methods import METHODS
 from benchmarks.record import RESULTS, append, git_commit, machine
+from m3d_condense.models import decode
+from m3d_condense.pipeline.config import NAMED_METHODS, load_config
+from m3d_condense.pipeline.data.dataset import open_class_cache
+from m3d_condense.pipeline.driver import evaluate_set
+from m3d_condense.pipeline.engine import Condenser
+from m3d_condense.pipeline.logs import setup_logging
 
 
 def trajectory(preset: str, method: str, steps: list[int], overrides: list[str], out: Path) -> list[dict]:
-    cfg = load_config(preset, [*METHODS[method], *overrides])
+    cfg = load_config(preset, [*NAMED_METHODS[method], *overrides])
     classes = list(range(cfg.data.num_classes))
-    pool = open_class_pool(cfg.data, classes, torch.device("cpu"), progress=False)
-    condenser = Condenser(EngineSettings.from_config(cfg), pool, classes)
+    cache = open_class_cache(cfg.data, classes, torch.device("cpu"), progress=False)
+    condenser = Condenser(cfg, cache, classes)
     start_images, labels = condenser.images.clone(), torch.arange(len(classes)).repeat_interleave(cfg.ipc)
     rows, losses, condense_s = [], [], 0.0
     for target in steps:
@@ -40,7 +40,7 @@ def trajectory(preset: str, method: str, steps: list[int], overrides: list[str],
         while condenser.iteration < target:
             losses.append(float(condenser.step().mean()))
         condense_s += time.perf_counter() - t0
-        evals, _ = evaluate_all(cfg, decode(condenser.images, cfg.factor), labels.repeat_interleave(cfg.factor ** 2),
+        evals, _ = evaluate_set(cfg, decode(condenser.images, cfg.factor), labels.repeat_interleave(cfg.factor ** 2),
                                 "local", torch.device("cpu"), progress=False)
         accs = evals[0]["runs"]
         row = {"preset": preset, "method": method, "steps": target, "lr": cfg.lr, "ipc": cfg.ipc,
@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--methods", default="dm,m3d")
     ap.add_argument("--out", type=Path)
     args = ap.parse_intermixed_args()
+    setup_logging()  # the evaluations' lines on stderr, as in a run
     out = args.out or RESULTS / f"steps_{args.preset}.jsonl"
     steps = sorted(int(v) for v in args.steps.split(","))
     rows = [r for m in args.methods.split(",") for r in trajectory(args.preset, m, steps, args.overrides, out)]

@@ -17,11 +17,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from m3d_condense.pipeline.cli import run
-from m3d_condense.pipeline.config import load_config
 
 from benchmarks.record import RESULTS as RESULTS_DIR
 from benchmarks.record import machine, report
+from m3d_condense.pipeline.cli import run
+from m3d_condense.pipeline.config import load_config
 
 RESULTS = RESULTS_DIR / "workers_throughput.jsonl"
 

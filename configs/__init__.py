@@ -1,1 +1,3 @@
-"""Hydra configs, shipped as package data so ``pkg://configs`` resolves wherever run.py lives."""
+"""Preset YAMLs, shipped as package data so Hydra finds them wherever run.py lives. Each one
+lists ``base`` first in its defaults: the schema of every key, ``RunConfig`` in
+pipeline/config.py, which registers it under that name. A preset only overrides it."""

@@ -13,13 +13,13 @@ which it applies ONE per call. ``AugmentSpec`` holds the same pieces:
 - matching, ``color_crop_cutout`` (one call per class): colour, crop (the only listed op, so
   always), cutout: ``AugmentSpec()``;
 - evaluation of low-resolution sets, ``color_crop_flip_scale_rotate`` minus cutout (one call
-  per mini-batch, per-image parameters): ``AugmentSpec(flip=True, geometric=("crop", "scale",
-  "rotate"), op_per="batch", cutout=False)``.
+  per mini-batch, per-image parameters): ``AugmentSpec(flip=True, geometric=["crop", "scale",
+  "rotate"], op_per="batch", cutout=False)``.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
@@ -31,7 +31,7 @@ OP_CHOICES = ("group", "batch")
 NUM_UNIFORMS = 13
 
 
-@dataclass(frozen=True)
+@dataclass
 class AugmentSpec:
     """What to apply, in the released order: flip (if on), colour (if on), ONE op of
     ``geometric``, cutout (if on).
@@ -45,7 +45,7 @@ class AugmentSpec:
 
     flip: bool = False
     color: bool = True
-    geometric: tuple[str, ...] = ("crop",)
+    geometric: list[str] = field(default_factory=lambda: ["crop"])
     op_per: str = "group"
     cutout: bool = True
     crop_ratio: float = 0.125  # max shift, fraction of the side

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from m3d_condense.models.norm import make_norm
 from m3d_condense.models.registry import register_model
-from torch import nn
 
 
 class ConvNet(nn.Module):

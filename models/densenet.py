@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import torch
-from m3d_condense.models.registry import register_model
 from torch import nn
 from torch.nn import functional as F
+
+from m3d_condense.models.registry import register_model
 
 
 class DenseLayer(nn.Module):

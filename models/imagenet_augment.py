@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 
 import torch
-from m3d_condense.models.augment import flip_half
 from torch.nn import functional as F
+
+from m3d_condense.models.augment import flip_half
 
 # ImageNet's RGB PCA (AlexNet lighting noise), as IDC uses it.
 EIGVAL = (0.2175, 0.0188, 0.0045)

@@ -7,10 +7,11 @@ for cross-architecture evaluation.
 from __future__ import annotations
 
 import torch
-from m3d_condense.models.norm import make_norm
-from m3d_condense.models.registry import register_model
 from torch import nn
 from torch.nn import functional as F
+
+from m3d_condense.models.norm import make_norm
+from m3d_condense.models.registry import register_model
 
 
 class BasicBlock(nn.Module):

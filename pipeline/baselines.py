@@ -5,22 +5,25 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from m3d_condense.pipeline.data import ClassPool
-from m3d_condense.pipeline.engine import EngineSettings, build_encoder
+
+from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.data import ClassCache
+from m3d_condense.pipeline.data.labeled import class_major_labels
+from m3d_condense.pipeline.engine import build_encoder
 
 CHUNK = 256  # images per feature forward
 
 
-def random_real(pool: ClassPool, classes: Sequence[int], ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def random_real(cache: ClassCache, classes: Sequence[int], ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``ipc`` distinct random real images per class (no factor): images (C * ipc, ...) in [0, 1], labels."""
-    images = torch.cat([pool.random_subset(c, ipc, seed) for c in classes])
-    return images, torch.tensor(list(classes)).repeat_interleave(ipc)
+    images = torch.cat([cache.random_subset(c, ipc, seed) for c in classes])
+    return images, class_major_labels(classes, ipc)
 
 
-def whole_dataset(pool: ClassPool, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def whole_dataset(cache: ClassCache, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Every training image of ``classes``: images (N, ...) in [0, 1] (class-major), labels (N,)."""
-    images = torch.cat([pool.images_of(c, torch.arange(pool.count[c])) for c in classes])
-    return images, torch.tensor(list(classes)).repeat_interleave(torch.tensor([pool.count[c] for c in classes]))
+    images = torch.cat([cache.images_of(c, torch.arange(cache.count[c])) for c in classes])
+    return images, class_major_labels(classes, [cache.count[c] for c in classes])
 
 
 def herding_order(features: torch.Tensor, k: int) -> list[int]:
@@ -40,23 +43,33 @@ def herding_order(features: torch.Tensor, k: int) -> list[int]:
 
 
 @torch.no_grad()
-def class_features(pool: ClassPool, c: int, encoder: torch.nn.Module, s: EngineSettings,
+def class_features(cache: ClassCache, c: int, encoder: torch.nn.Module, s: RunConfig,
                    device: torch.device) -> torch.Tensor:
     """Encoder features of every image of class ``c``: (n_c, d), computed CHUNK images at a time."""
     parts = []
-    for start in range(0, pool.count[c], CHUNK):
-        x = pool.images_of(c, torch.arange(start, min(start + CHUNK, pool.count[c]))).to(device)
+    for start in range(0, cache.count[c], CHUNK):
+        x = cache.images_of(c, torch.arange(start, min(start + CHUNK, cache.count[c]))).to(device)
         parts.append(encoder.embed(s.data.normalize(x)).flatten(1).float().cpu())
     return torch.cat(parts)
 
 
-def herding(pool: ClassPool, classes: Sequence[int], ipc: int, s: EngineSettings,
+def herding(cache: ClassCache, classes: Sequence[int], ipc: int, s: RunConfig,
             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``ipc`` real images per class chosen by herding on the features of a random encoder of
     the "herding" stream (its own seed): images (C * ipc, ...) in [0, 1], labels."""
     encoder = build_encoder(s, 0, stream="herding").requires_grad_(False).to(device)
     picks = []
     for c in classes:
-        order = herding_order(class_features(pool, c, encoder, s, device), ipc)
-        picks.append(pool.images_of(c, torch.tensor(order)))
-    return torch.cat(picks), torch.tensor(list(classes)).repeat_interleave(ipc)
+        order = herding_order(class_features(cache, c, encoder, s, device), ipc)
+        picks.append(cache.images_of(c, torch.tensor(order)))
+    return torch.cat(picks), class_major_labels(classes, ipc)
+
+
+def select_real(cfg: RunConfig, cache: ClassCache, classes: Sequence[int],
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real images ``cfg.method`` (random, herding or whole) selects from ``cache``."""
+    if cfg.method == "herding":
+        return herding(cache, classes, cfg.ipc, cfg, device)
+    if cfg.method == "whole":
+        return whole_dataset(cache, classes)
+    return random_real(cache, classes, cfg.ipc, cfg.seed)

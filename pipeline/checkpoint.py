@@ -1,50 +1,77 @@
-"""A run's durable state at ``OUT_DIR/RUN_NAME`` (any fsspec URL).
+"""A run's durable state at ``OUT_DIR/RUN_NAME`` (any fsspec URL), owned by ``RunStore``.
 
 Every ``checkpoint_every`` iterations each worker writes its slice — synthetic images,
 momentum, iteration, loss history of its classes — to ``checkpoints/it<t>/classes-<a>-<b>.pt``
 (temporary name, then move). Only when every slice of iteration t is written does the driver
-write ``run.json`` naming them: a checkpoint is complete exactly when run.json points to it.
-A worker restores the rows of *its* classes from whichever slices hold them, so a resumed run
-may use a different number of workers.
+record it in ``run.json``: a checkpoint is complete exactly when run.json points to it, and
+the older ones are then deleted. A worker restores the rows of *its* classes from whichever
+slices hold them, so a resumed run may use a different number of workers.
+
+run.json is first written with the first complete checkpoint (or the condensed set), so a
+run that fails before it leaves nothing that would refuse a corrected command.
 """
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import io
 import json
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
+
+from m3d_condense.pipeline.config import RunConfig, fingerprint, shaping_values
 from m3d_condense.pipeline.data import storage
-from omegaconf import DictConfig, OmegaConf
+from m3d_condense.pipeline.errors import RunError
 
 RUN_FILE = "run.json"
-# Keys that change where or how a run executes, or what is done after condensation, but not
-# the synthetic set: a run may resume with different values of these.
-NOT_IN_FINGERPRINT = ("eval", "out_dir", "run_name", "workers", "backend", "checkpoint_every", "device", "reevaluate",
-                      "chunk_classes", "diagnostics",
-                      "ray", "log_every", "data.root", "data.cache", "data.cache_gb", "data.read_workers", "data.verify",
-                      "data.source")
+CHECKPOINTS = "checkpoints"
 
 
-class ResumeError(ValueError):
+class ResumeError(RunError, ValueError):
     """An existing run directory cannot be continued with this config."""
 
 
-def condensation_config(cfg: DictConfig) -> dict:
-    """The part of the config that determines the synthetic set."""
-    d = OmegaConf.to_container(cfg, resolve=True)
-    for key in NOT_IN_FINGERPRINT:
-        *parents, last = key.split(".")
-        node = d
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(last, None)
-    return d
+class Status(str, Enum):
+    running = "running"  # condensing; ``iteration`` is the last complete checkpoint
+    condensed = "condensed"  # synthetic.pt is written; evaluation and reports remain
+    finished = "finished"  # summary.json and the report are written
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    return hashlib.sha256(json.dumps(condensation_config(cfg), sort_keys=True).encode()).hexdigest()[:16]
+@dataclass
+class RunState:
+    """What run.json holds: where the run is, and what it was started with."""
+
+    fingerprint: str
+    condensation_config: dict  # the keys that shape the synthetic set (config.shaping_values)
+    iterations: int
+    status: Status = Status.running
+    iteration: int = 0  # of the last complete checkpoint
+    slices: list[str] = field(default_factory=list)  # that checkpoint's files, relative to the run
+    condense_seconds: float | None = None
+    condense_it_per_s: float | None = None  # steady state: after the workers started
+    loss_curve: list[list[float]] = field(default_factory=list)  # [iteration, mean loss]
+
+    @classmethod
+    def new(cls, cfg: RunConfig) -> "RunState":
+        return cls(fingerprint=fingerprint(cfg), condensation_config=shaping_values(cfg), iterations=cfg.iterations)
+
+    def to_json(self) -> bytes:
+        d = dataclasses.asdict(self)
+        d["status"] = self.status.value
+        return (json.dumps(d, indent=2) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, where: str) -> "RunState":
+        try:
+            d = json.loads(raw)
+            known = {f.name for f in dataclasses.fields(cls)}
+            state = cls(**{k: v for k, v in d.items() if k in known})
+            state.status = Status(state.status)
+            return state
+        except (ValueError, TypeError) as e:
+            raise ResumeError(f"{where}: not a run state this version can read ({e}); use a new run_name") from None
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -52,6 +79,21 @@ def _flat(d: dict, prefix: str = "") -> dict:
     for k, v in d.items():
         out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
+
+
+def changed_keys(old: dict, cfg: RunConfig) -> list[str]:
+    """Dotted keys whose value differs between a stored condensation config and ``cfg``. A key
+    the stored config lacks counts as changed only if ``cfg`` sets it away from the schema's
+    default: a key added to the schema later, at its default, means what the code did before."""
+    old_flat, new_flat = _flat(old), _flat(shaping_values(cfg))
+    default_flat = _flat(shaping_values(RunConfig()))
+    diff = []
+    for key in sorted(old_flat.keys() | new_flat.keys()):
+        if key not in old_flat and new_flat.get(key) == default_flat.get(key):
+            continue
+        if old_flat.get(key) != new_flat.get(key):
+            diff.append(key)
+    return diff
 
 
 class RunStore:
@@ -64,27 +106,48 @@ class RunStore:
         return storage.join(self.url, rel)
 
     # run.json --------------------------------------------------------------------------
-    def read_run(self) -> dict | None:
+    def read(self) -> RunState | None:
         try:
-            return json.loads(storage.read_bytes(self.path(RUN_FILE)))
+            return RunState.from_json(storage.read_bytes(self.path(RUN_FILE)), self.path(RUN_FILE))
         except FileNotFoundError:
             return None
 
-    def write_run(self, run: dict) -> None:
-        storage.write_bytes_atomic(self.path(RUN_FILE), (json.dumps(run, indent=2) + "\n").encode())
+    def write(self, state: RunState) -> None:
+        storage.write_bytes_atomic(self.path(RUN_FILE), state.to_json())
 
-    def check_compatible(self, run: dict, cfg: DictConfig) -> None:
-        """ResumeError naming the differing keys if ``run`` was started with another config."""
-        if run.get("fingerprint") == fingerprint(cfg):
-            return
-        old, new = _flat(run.get("condensation_config", {})), _flat(condensation_config(cfg))
-        diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        raise ResumeError(f"{self.path(RUN_FILE)}: this run was started with a different config "
-                          f"(differs in: {', '.join(diff) or '?'}); use a new run_name or the original settings")
+    def open(self, cfg: RunConfig) -> RunState:
+        """The state to continue from: run.json's if this directory holds a compatible run
+        (ResumeError naming the differing keys otherwise), else a new one (not yet written)."""
+        state = self.read()
+        if state is None:
+            return RunState.new(cfg)
+        if state.fingerprint != fingerprint(cfg):
+            diff = changed_keys(state.condensation_config, cfg)
+            if diff:
+                raise ResumeError(f"{self.path(RUN_FILE)}: this run was started with a different config "
+                                  f"(differs in: {', '.join(diff)}); use a new run_name or the original settings")
+            state.fingerprint, state.condensation_config = fingerprint(cfg), shaping_values(cfg)
+        return state
+
+    def record_checkpoint(self, state: RunState, iteration: int, slices: list[str]) -> None:
+        """Make the slices of ``iteration`` the run's checkpoint, then delete every older one."""
+        state.status, state.iteration, state.slices = Status.running, iteration, list(slices)
+        self.write(state)  # from here on, this checkpoint is the one to resume from
+        self._remove_checkpoints_except(_checkpoint_dir(iteration))
+
+    def record_condensed(self, state: RunState, seconds: float, it_per_s: float | None,
+                         loss_curve: list[list[float]]) -> None:
+        state.status, state.condense_seconds, state.condense_it_per_s = Status.condensed, seconds, it_per_s
+        state.loss_curve = loss_curve
+        self.write(state)
+
+    def record_finished(self, state: RunState) -> None:
+        state.status = Status.finished
+        self.write(state)
 
     # slices ----------------------------------------------------------------------------
     def save_slice(self, iteration: int, classes: list[int], state: dict[str, Any]) -> str:
-        rel = f"checkpoints/it{iteration:07d}/classes-{classes[0]:05d}-{classes[-1]:05d}.pt"
+        rel = f"{_checkpoint_dir(iteration)}/classes-{classes[0]:05d}-{classes[-1]:05d}.pt"
         buf = io.BytesIO()
         torch.save(state, buf)
         storage.write_bytes_atomic(self.path(rel), buf.getvalue())
@@ -93,12 +156,12 @@ class RunStore:
     def load_slice(self, rel: str) -> dict[str, Any]:
         return torch.load(io.BytesIO(storage.read_bytes(self.path(rel))), weights_only=True, map_location="cpu")
 
-    def restore(self, run: dict, classes: list[int]) -> dict[str, Any]:
-        """The state of ``classes`` at run["iteration"], gathered from the slices run.json lists:
-        images and momentum rows in class order, and the loss history of those classes."""
+    def restore(self, state: RunState, classes: list[int]) -> dict[str, Any]:
+        """The state of ``classes`` at the run's checkpoint, gathered from its slices: images and
+        momentum rows in class order, and the loss history of those classes."""
         rows_img, rows_mom, cols, found = {}, {}, {}, set()
         times = None
-        for rel in run["slices"]:
+        for rel in state.slices:
             sl = self.load_slice(rel)
             per = len(sl["images"]) // len(sl["classes"])
             for i, c in enumerate(sl["classes"]):
@@ -109,15 +172,14 @@ class RunStore:
                     found.add(c)
         missing = sorted(set(classes) - found)
         if missing:
-            raise ResumeError(f"{self.path(RUN_FILE)}: checkpoint of iteration {run['iteration']} lacks classes "
+            raise ResumeError(f"{self.path(RUN_FILE)}: checkpoint of iteration {state.iteration} lacks classes "
                               f"{missing[:10]}")
-        return {"iteration": int(run["iteration"]), "classes": list(classes),
+        return {"iteration": int(state.iteration), "classes": list(classes),
                 "images": torch.cat([rows_img[c] for c in classes]), "momentum": torch.cat([rows_mom[c] for c in classes]),
                 "times": list(times or []), "losses": torch.stack([cols[c] for c in classes], dim=1)}
 
-    def remove_checkpoints_except(self, keep: str) -> None:
-        """Delete checkpoint folders other than ``keep`` (e.g. ``checkpoints/it0000500``)."""
-        fs, root = storage.filesystem(self.path("checkpoints"))
+    def _remove_checkpoints_except(self, keep: str) -> None:
+        fs, root = storage.filesystem(self.path(CHECKPOINTS))
         try:
             folders = fs.ls(root, detail=False)
         except FileNotFoundError:
@@ -125,3 +187,7 @@ class RunStore:
         for folder in folders:
             if folder.rstrip("/").rsplit("/", 1)[-1] != keep.rsplit("/", 1)[-1]:
                 fs.rm(folder, recursive=True)
+
+
+def _checkpoint_dir(iteration: int) -> str:
+    return f"{CHECKPOINTS}/it{iteration:07d}"

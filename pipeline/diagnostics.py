@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
 from m3d_condense.kernels import moment_gaps
 from m3d_condense.kernels.moments import MOMENT_ORDERS
-from m3d_condense.pipeline.data import ClassPool
-from m3d_condense.pipeline.engine import EngineSettings, build_encoder
+from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.data import ClassCache
+from m3d_condense.pipeline.engine import build_encoder
 
 
 @torch.no_grad()
-def moment_report(sets: dict[str, tuple[torch.Tensor, torch.Tensor]], pool: ClassPool, classes: Sequence[int],
-                  s: EngineSettings, encoders: int, real_per_class: int, device: torch.device) -> dict[str, dict]:
+def moment_report(sets: dict[str, tuple[torch.Tensor, torch.Tensor]], cache: ClassCache, classes: Sequence[int],
+                  s: RunConfig, encoders: int, real_per_class: int, device: torch.device) -> dict[str, dict]:
     """For each named set (decoded images (N, C, H, W) in [0, 1], labels (N,)): the gap of each
     moment order between its features and those of ``real_per_class`` random real images,
     per class, averaged over classes and over ``encoders`` encoders of the "moments" stream."""
@@ -21,8 +23,8 @@ def moment_report(sets: dict[str, tuple[torch.Tensor, torch.Tensor]], pool: Clas
     for e in range(encoders):
         net = build_encoder(s, e, stream="moments").requires_grad_(False).to(device)
         for c in classes:
-            n = min(real_per_class, pool.count[c])
-            real = pool.random_subset(c, n, seed=s.seed + 7919 * e).to(device)
+            n = min(real_per_class, cache.count[c])
+            real = cache.random_subset(c, n, seed=s.seed + 7919 * e).to(device)
             f_real = net.embed(s.data.normalize(real)).flatten(1).float()
             for name, (images, labels) in sets.items():
                 f_syn = net.embed(s.data.normalize(images[labels == c].to(device))).flatten(1).float()

@@ -1,103 +1,111 @@
-"""The driver: splits the classes over workers, steps them in lockstep, records complete
-checkpoints, merges the slices, and runs the evaluations.
+"""The driver: a run as four stages over the state ``RunStore`` keeps in run.json.
 
-A rerun of the same command continues where run.json says the last complete checkpoint is,
-skips condensation when the run has condensed, and does nothing when it has finished (unless
-``reevaluate=true``). ``backend=local`` runs one worker in this process; ``backend=ray`` runs
-``workers`` Ray actors and evaluates in Ray tasks.
+  synthesize  M3D condenses on the workers, resuming from the last complete checkpoint, or a
+              baseline selects real images; synthetic.pt is written and run.json says
+              "condensed". A rerun skips this stage once the run has condensed.
+  diagnose    moment gaps of the set to the real data (``diagnostics.moments``).
+  evaluate    networks trained from scratch on the decoded set (``eval.*``), in this process
+              or as Ray tasks.
+  write       grid.png, curves.png, summary.json and report.html; run.json says "finished".
+
+A rerun of a finished run does nothing (``reevaluate=true`` evaluates its set again).
+``backend=local`` runs one worker in this process; ``backend=ray`` runs ``workers`` Ray
+actors and evaluates in Ray tasks (``pipeline/backend.py``).
 """
 from __future__ import annotations
 
 import statistics
-import sys
 import time
+from dataclasses import dataclass
 
 import torch
-from m3d_condense.models import decode
-from m3d_condense.pipeline import outputs
-from m3d_condense.pipeline.baselines import herding, random_real, whole_dataset
-from m3d_condense.pipeline.checkpoint import RunStore, condensation_config, fingerprint
-from m3d_condense.pipeline.data import load_split, open_class_pool, storage
-from m3d_condense.pipeline.diagnostics import moment_report
-from m3d_condense.pipeline.engine import EngineSettings, initial_images
-from m3d_condense.pipeline.evaluate import EvalSettings, train_and_test
-from m3d_condense.pipeline.report import write_run_report
-from m3d_condense.pipeline.seeding import derive_seed
-from m3d_condense.pipeline.worker import ClassWorker, pick_device
-from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-
-def log(msg: str) -> None:
-    print(f"[m3d] {msg}", file=sys.stderr, flush=True)
-
-
-def split_classes(num_classes: int, workers: int) -> list[list[int]]:
-    """Contiguous, nearly equal slices: 10 classes over 3 workers -> 4, 3, 3."""
-    workers = max(1, min(workers, num_classes))
-    base, extra = divmod(num_classes, workers)
-    out, start = [], 0
-    for w in range(workers):
-        n = base + (w < extra)
-        out.append(list(range(start, start + n)))
-        start += n
-    return out
-
-
-def resolve_backend(cfg: DictConfig) -> tuple[str, int]:
-    """(backend, workers). ``workers`` null means one per GPU of the Ray cluster; with no Ray
-    cluster reachable and at most one local GPU, that is one in-process worker (a Ray actor
-    there would only add start-up time and get fewer CPU threads)."""
-    backend = cfg.backend
-    if backend == "auto":
-        single = cfg.workers == 1 or (cfg.workers is None and torch.cuda.device_count() <= 1
-                                      and not ray_cluster_reachable(cfg.ray.address))
-        backend = "local" if single else "ray"
-    if backend == "local":
-        if cfg.workers not in (None, 1):
-            raise ValueError(f"backend=local runs one worker; workers={cfg.workers} needs backend=ray")
-        return "local", 1
-    from m3d_condense.pipeline import ray_backend
-
-    ray_backend.init(cfg.ray.address)
-    if cfg.workers is not None:
-        return "ray", int(cfg.workers)
-    import ray
-
-    return "ray", max(1, int(ray.cluster_resources().get("GPU", 0)) if cfg.device != "cpu" else 1)
+from m3d_condense.models import decode
+from m3d_condense.pipeline import outputs
+from m3d_condense.pipeline.backend import resolve_backend, split_classes, start_workers
+from m3d_condense.pipeline.baselines import select_real
+from m3d_condense.pipeline.checkpoint import RunState, RunStore, Status
+from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.data import ClassCache, load_split, open_class_cache, storage
+from m3d_condense.pipeline.diagnostics import moment_report
+from m3d_condense.pipeline.engine import initial_images
+from m3d_condense.pipeline.evaluate import EvalResult, eval_epochs, train_and_test
+from m3d_condense.pipeline.logs import log
+from m3d_condense.pipeline.report import write_run_report
+from m3d_condense.pipeline.seeding import derive_seed
+from m3d_condense.pipeline.worker import pick_device
 
 
-def ray_cluster_reachable(address: str | None) -> bool:
-    """True if ``address`` names a cluster, or a Ray cluster runs on this machine (ray start/up)."""
-    if address is not None:
-        return True
-    import ray
+@dataclass
+class StoredSet:
+    """A run's result: ``images`` (N, C, H, W) in [0, 1] as stored (``factor`` x ``factor`` tiles
+    per image for M3D, 1 for the baselines) with ``labels`` (N,), and the loss history."""
 
-    if ray.is_initialized():
-        return True
-    try:
-        from m3d_condense.pipeline import ray_backend
+    images: torch.Tensor
+    labels: torch.Tensor
+    factor: int
+    class_names: list[str]
+    history: list[tuple[int, list[float]]]
 
-        ray_backend.init("auto")  # connects only to a running cluster; raises if there is none
-        return True
-    except ConnectionError:
-        return False
-
-
-class LocalWorkers:
-    """The in-process backend: the same ClassWorker, called directly."""
-
-    def __init__(self, cfg_dict: dict, splits: list[list[int]], run_url: str):
-        self.workers = [ClassWorker(cfg_dict, s, run_url) for s in splits]
-
-    def call(self, method: str, *args) -> list:
-        return [getattr(w, method)(*args) for w in self.workers]
-
-    def stop(self) -> None:
-        self.workers = []
+    def decoded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training set it stands for: (N * factor^2, C, H, W) images and their labels."""
+        return decode(self.images, self.factor), self.labels.repeat_interleave(self.factor**2)
 
 
-def _next_stop(t: int, cfg: DictConfig) -> tuple[int, bool]:
+def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
+    """Condense (or resume), evaluate and write the run directory; returns the summary."""
+    run_url = storage.join(cfg.out_dir, cfg.run_name)
+    store = RunStore(run_url)
+    state = store.open(cfg)
+    if state.status == Status.finished and not cfg.reevaluate:
+        log.info(f"{run_url} finished earlier; nothing to do (reevaluate=true evaluates its synthetic set again)")
+        return outputs.read_json(storage.join(run_url, "summary.json"))
+    outputs.write_config(storage.join(run_url, "config.yaml"), cfg)
+    log.info(f"{cfg.preset}: method={cfg.method} kernel={cfg.kernel} ipc={cfg.ipc} factor={cfg.factor} -> {run_url}")
+    backend, workers = resolve_backend(cfg)
+    # Driver-side work (baselines, in-process evaluation) runs here; under Ray the GPUs belong
+    # to the actors and tasks, and the head node may have none.
+    device = pick_device(cfg.device) if backend == "local" else torch.device("cpu")
+
+    stored = synthesize(cfg, store, state, backend, workers, device, progress)
+    images, labels = stored.decoded()
+    summary = summarize(cfg, state, stored, backend, workers, len(images))
+    if cfg.diagnostics.moments and cfg.method != "whole":  # the whole set is the reference itself
+        summary["moments"] = diagnose(cfg, images, labels, device)
+    curves: dict = {}
+    if cfg.eval.runs > 0:
+        summary["evals"], curves = evaluate_set(cfg, images, labels, backend, device, progress)
+        summary["eval"] = summary["evals"][0]
+    write_outputs(run_url, summary, stored, images, labels, curves)
+    store.record_finished(state)
+    log.info(f"wrote {run_url}")
+    return summary
+
+
+# synthesize --------------------------------------------------------------------------------
+def synthesize(cfg: RunConfig, store: RunStore, state: RunState, backend: str, workers: int,
+               device: torch.device, progress: bool) -> StoredSet:
+    """The run's set: read back if the run has condensed, else condensed or selected and saved."""
+    synthetic_url = store.path("synthetic.pt")
+    if state.status in (Status.condensed, Status.finished) and cfg.method != "whole":  # whole: not stored, re-read
+        syn = outputs.load_synthetic(synthetic_url)
+        log.info(f"condensed earlier; evaluating {synthetic_url}")
+        return StoredSet(syn["images"], syn["labels"], syn["factor"], syn["class_names"],
+                         [(int(t), [v]) for t, v in state.loss_curve])
+    start = time.perf_counter()
+    if cfg.method == "m3d":
+        stored, it_per_s = condense(cfg, store, state, backend, workers, progress)
+    else:
+        stored, it_per_s = select(cfg, device, progress), None
+    if cfg.method != "whole":  # the training set itself is not worth a copy
+        outputs.save_synthetic(synthetic_url, stored.images, stored.labels, stored.factor, stored.class_names)
+    store.record_condensed(state, time.perf_counter() - start, it_per_s,
+                           [[t, statistics.fmean(v)] for t, v in stored.history])
+    return stored
+
+
+def _next_stop(t: int, cfg: RunConfig) -> tuple[int, bool]:
     """The next iteration the driver syncs at, and whether it is a checkpoint."""
     every = cfg.checkpoint_every
     sync = min(cfg.iterations, (t // cfg.log_every + 1) * cfg.log_every)
@@ -106,173 +114,131 @@ def _next_stop(t: int, cfg: DictConfig) -> tuple[int, bool]:
     return sync, (every > 0 and sync % every == 0) or sync == cfg.iterations
 
 
-def condense_slices(cfg: DictConfig, store: RunStore, run: dict, backend: str, workers: int, progress: bool) -> dict:
-    """Run the workers to cfg.iterations from wherever the run is; returns the merged state."""
-    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+def condense(cfg: RunConfig, store: RunStore, state: RunState, backend: str, workers: int,
+             progress: bool) -> tuple[StoredSet, float | None]:
+    """Step the workers in lockstep to cfg.iterations from the run's last checkpoint, record
+    complete checkpoints, and merge the slices. Returns the set and the steady-state it/s."""
     splits = split_classes(cfg.data.num_classes, workers)
-    if backend == "ray":
-        from m3d_condense.pipeline.ray_backend import RayWorkers
-        pool = RayWorkers(cfg, cfg_dict, splits, store.url)
-    else:
-        pool = LocalWorkers(cfg_dict, splits, store.url)
+    group = start_workers(cfg, backend, splits, store.url)
     try:
-        infos = pool.call("info")
+        infos = group.call("info")
         t = min(i["iteration"] for i in infos)
         nodes, devices = {i["node"] for i in infos}, sorted({i["device"] for i in infos})
-        log(f"{len(splits)} worker(s) on {len(nodes)} node(s), {'/'.join(devices)}"
-            + (f"; resumed at iteration {t}" if t else ""))
-        for info in infos:
-            for warning in info.get("warnings", []):
-                log(f"WARNING: {warning}")
+        log.info(f"{len(splits)} worker(s) on {len(nodes)} node(s), {'/'.join(devices)}"
+                 + (f"; resumed at iteration {t}" if t else ""))
+        for warning in (w for info in infos for w in info.get("warnings", [])):
+            log.warning(warning)
         bar = tqdm(total=cfg.iterations, initial=t, desc=f"condense ({len(splits)} workers)", unit="it",
                    disable=not progress, dynamic_ncols=True, mininterval=1.0)
         loop_start, loop_from = time.perf_counter(), t
         with bar:
             while t < cfg.iterations:
                 target, checkpoint = _next_stop(t, cfg)
-                results = pool.call("run_until", target, checkpoint)
+                results = group.call("run_until", target, checkpoint)
                 if checkpoint:
-                    run.update(status="running", iteration=target, slices=[r["checkpoint"] for r in results])
-                    store.write_run(run)  # from here on, this checkpoint is the one to resume from
-                    store.remove_checkpoints_except(results[0]["checkpoint"].rsplit("/", 1)[0])
+                    store.record_checkpoint(state, target, [r["checkpoint"] for r in results])
                 bar.update(target - t)
                 losses = [r["loss"] for r in results if r["loss"] is not None]
                 if losses:
                     bar.set_postfix(mmd2=f"{statistics.fmean(losses):.4g}")
                 t = target
         loop_seconds = time.perf_counter() - loop_start
-        states = pool.call("state")
+        states = group.call("state")
     finally:
-        pool.stop()
-    return {"images": torch.cat([s["images"] for s in states]), "class_names": infos[0]["class_names"],
-            "it_per_s": (cfg.iterations - loop_from) / loop_seconds if loop_seconds > 0 else None,
-            "history": [(tt, [v for s in states for v in s["losses"][k].tolist()])
-                        for k, tt in enumerate(states[0]["times"])]}
+        group.stop()
+    history = [(tt, [v for s in states for v in s["losses"][k].tolist()]) for k, tt in enumerate(states[0]["times"])]
+    stored = StoredSet(torch.cat([s["images"] for s in states]), cfg.labels, cfg.factor, infos[0]["class_names"],
+                       history)
+    return stored, (cfg.iterations - loop_from) / loop_seconds if loop_seconds > 0 else None
 
 
-def evaluate_all(cfg: DictConfig, images, labels, backend: str, device, progress: bool) -> tuple[list, dict]:
+def select(cfg: RunConfig, device: torch.device, progress: bool) -> StoredSet:
+    """A selection baseline's set: real images, stored without multi-formation."""
+    classes = list(range(cfg.data.num_classes))
+    cache = open_class_cache(cfg.data, classes, device, log=log.info, progress=progress)
+    images, labels = select_real(cfg, cache, classes, device)
+    return StoredSet(images, labels, 1, cache.class_names, [])
+
+
+# diagnose ----------------------------------------------------------------------------------
+def diagnose(cfg: RunConfig, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+             cache: ClassCache | None = None) -> dict:
+    """Moment gaps of the decoded set and of the set it started from (for M3D/DM the engine's
+    initial set; for the baselines, the selection itself). ``cache``: the real images, if loaded."""
+    classes = list(range(cfg.data.num_classes))
+    if cache is None:
+        cache = open_class_cache(cfg.data, classes, device, progress=False)
+    sets = {"synthetic": (images, labels)}
+    if cfg.method == "m3d":
+        sets["initial"] = (decode(initial_images(cache, classes, cfg), cfg.factor), labels)
+    gaps = moment_report(sets, cache, classes, cfg, cfg.diagnostics.encoders, cfg.diagnostics.real_per_class, device)
+    log.info("moment gaps to the real data (mean/variance/skewness/kurtosis): " + "; ".join(
+        f"{k} " + "/".join(f"{v:.3g}" for v in g.values()) for k, g in gaps.items()))
+    return gaps
+
+
+# evaluate ----------------------------------------------------------------------------------
+def evaluate_set(cfg: RunConfig, images: torch.Tensor, labels: torch.Tensor, backend: str, device: torch.device,
+                 progress: bool) -> tuple[list[dict], dict]:
+    """``eval.runs`` networks of each of ``eval.archs`` trained on ``images`` (decoded, in [0, 1])
+    and tested on the real test split. Returns one record per architecture and the test curves."""
     test = load_split(cfg.data, "test")
-    settings = EvalSettings.from_config(cfg, images_per_class=len(labels) // cfg.data.num_classes)
     jobs = [{"arch": a, "run": r, "seed": derive_seed(cfg.seed, "eval-run", r)}
             for a in cfg.eval.archs for r in range(cfg.eval.runs)]
     if backend == "ray":
         from m3d_condense.pipeline.ray_backend import evaluate_remote
-        log(f"evaluating: {len(jobs)} Ray tasks")
-        results, placements = evaluate_remote(jobs, images, labels, test, settings, cfg)
+
+        log.info(f"evaluating: {len(jobs)} Ray tasks")
+        results, placements = evaluate_remote(jobs, images, labels, test, cfg)
         for p in placements:
             if p["warning"]:
-                log(f"WARNING: {p['warning']}")
-        places = [f"; {p['resources']['GPU']:g} of GPU {','.join(p['gpu_ids'])}" if p["gpu_ids"] else ""
-                  for p in placements]
+                log.warning(p["warning"])
+        where = [f"; {p['resources']['GPU']:g} of GPU {','.join(p['gpu_ids'])}" if p["gpu_ids"] else ""
+                 for p in placements]
     else:
-        results = [train_and_test(images, labels, test, j["arch"], settings, j["seed"], device, progress=progress)
+        results = [train_and_test(images, labels, test, j["arch"], cfg, j["seed"], device, progress=progress)
                    for j in jobs]
-        places = [""] * len(jobs)
-    evals, curves = [], {}
-    for arch in cfg.eval.archs:
-        mine = [(r, place) for j, r, place in zip(jobs, results, places, strict=True) if j["arch"] == arch]
-        for k, (r, place) in enumerate(mine):
-            log(f"eval {arch} run {k + 1}/{len(mine)}: last-epoch accuracy {100 * r.accuracy:.2f}% "
-                f"({r.seconds:.0f}s{place})")
-        mine = [r for r, _ in mine]
-        curves[arch] = [r.curve for r in mine]
-        accs = [r.accuracy for r in mine]
-        evals.append({"arch": arch, "epochs": settings.epochs, "runs": accs, "seeds": [r.seed for r in mine],
-                      "accuracy_mean": statistics.fmean(accs), "accuracy_std": statistics.pstdev(accs),
-                      "best_epoch_accuracy_mean": statistics.fmean(r.best_accuracy for r in mine),
-                      "best_epoch_runs": [r.best_accuracy for r in mine],  # selected on the test set (reference)
-                      "seconds": [r.seconds for r in mine]})
-    return evals, curves
+        where = [""] * len(jobs)
+    for j, r, w in zip(jobs, results, where, strict=True):
+        log.info(f"eval {j['arch']} run {j['run'] + 1}/{cfg.eval.runs}: last-epoch accuracy "
+                 f"{100 * r.accuracy:.2f}% ({r.seconds:.0f}s{w})")
+    epochs = eval_epochs(cfg, len(labels) // cfg.data.num_classes)
+    by_arch = {a: [r for j, r in zip(jobs, results, strict=True) if j["arch"] == a] for a in cfg.eval.archs}
+    evals = [eval_record(arch, epochs, runs) for arch, runs in by_arch.items()]
+    e = evals[0]
+    log.info(f"{e['arch']}: {100 * e['accuracy_mean']:.2f} ± {100 * e['accuracy_std']:.2f}% "
+             f"(last epoch, {cfg.eval.runs} runs)")
+    return evals, {arch: [r.curve for r in runs] for arch, runs in by_arch.items()}
 
 
-def run_pipeline(cfg: DictConfig, progress: bool = True) -> dict:
-    """Condense (or resume), merge, evaluate and write the run directory; returns the summary."""
-    run_url = storage.join(cfg.out_dir, cfg.run_name)
-    store = RunStore(run_url)
-    run = store.read_run()
-    if run is not None:
-        store.check_compatible(run, cfg)
-        if run["status"] == "finished" and not cfg.reevaluate:
-            log(f"{run_url} finished earlier; nothing to do (reevaluate=true evaluates its synthetic set again)")
-            return outputs.read_json(storage.join(run_url, "summary.json"))
-    else:
-        run = {"status": "running", "iteration": 0, "iterations": cfg.iterations, "slices": [],
-               "fingerprint": fingerprint(cfg), "condensation_config": condensation_config(cfg)}
-    outputs.write_config(storage.join(run_url, "config.yaml"), cfg)
-    log(f"{cfg.preset}: method={cfg.method} kernel={cfg.kernel} ipc={cfg.ipc} factor={cfg.factor} -> {run_url}")
-    backend, workers = resolve_backend(cfg)
-    # Driver-side work (the random baseline, in-process evaluation) runs here; under Ray the
-    # GPUs belong to the actors and tasks, and the head node may have none.
-    device = pick_device(cfg.device) if backend == "local" else torch.device("cpu")
-    start = time.perf_counter()
-    history: list = []
-    pool = None  # the driver's own pool of real images, when a baseline needed one
-    if run["status"] in ("condensed", "finished") and cfg.method != "whole":  # whole: not stored, re-read
-        syn = outputs.load_synthetic(storage.join(run_url, "synthetic.pt"))
-        stored, labels, factor, names = syn["images"], syn["labels"], syn["factor"], syn["class_names"]
-        history = [(t, [v]) for t, v in run.get("loss_curve", [])]
-        log(f"condensed earlier; evaluating {storage.join(run_url, 'synthetic.pt')}")
-    else:
-        if cfg.method == "m3d":
-            if run["iteration"] == 0:
-                store.write_run(run)
-            merged = condense_slices(cfg, store, run, backend, workers, progress)
-            stored, history, factor, names = merged["images"], merged["history"], cfg.factor, merged["class_names"]
-            it_per_s = merged["it_per_s"]
-            labels = torch.arange(cfg.data.num_classes).repeat_interleave(cfg.ipc)
-        else:  # selection baselines: real images, stored without multi-formation
-            classes = list(range(cfg.data.num_classes))
-            pool = open_class_pool(cfg.data, classes, device, log=log, progress=progress)
-            if cfg.method == "herding":
-                stored, labels = herding(pool, classes, cfg.ipc, EngineSettings.from_config(cfg), device)
-            elif cfg.method == "whole":
-                stored, labels = whole_dataset(pool, classes)
-            else:
-                stored, labels = random_real(pool, classes, cfg.ipc, cfg.seed)
-            factor, names, it_per_s = 1, pool.class_names, None
-        if cfg.method != "whole":  # the training set itself is not worth a copy
-            outputs.save_synthetic(storage.join(run_url, "synthetic.pt"), stored, labels, factor, names)
-        run.update(status="condensed", condense_seconds=time.perf_counter() - start,
-                   condense_it_per_s=it_per_s, loss_curve=[[t, sum(v) / len(v)] for t, v in history])
-        store.write_run(run)
-    images, train_labels = decode(stored, factor), labels.repeat_interleave(factor * factor)
-    outputs.plot_grid(storage.join(run_url, "grid.png"), images, train_labels, names)
-    summary = {"preset": cfg.preset, "method": cfg.method, "ipc": cfg.ipc, "factor": factor, "kernel": cfg.kernel,
-               "estimator": cfg.estimator, "update_mode": cfg.update_mode,
-               "iterations": cfg.iterations if cfg.method == "m3d" else 0, "seed": cfg.seed, "device": cfg.device,
-               "backend": backend, "workers": workers, "train_images": len(images),
-               "condense_seconds": run.get("condense_seconds"),
-               "condense_it_per_s": run.get("condense_it_per_s"),  # steady state: after workers started
-               "final_loss": float(torch.tensor(history[-1][1]).mean()) if history else None,
-               "loss_curve": run.get("loss_curve", [])}
-    if cfg.diagnostics.moments and cfg.method != "whole":  # the whole set is the reference itself
-        summary["moments"] = moments(cfg, images, train_labels, device, pool)
-        log("moment gaps to the real data (mean/variance/skewness/kurtosis): " + "; ".join(
-            f"{k} " + "/".join(f"{v:.3g}" for v in g.values()) for k, g in summary["moments"].items()))
-    curves: dict = {}
-    if cfg.eval.runs > 0:
-        evals, curves = evaluate_all(cfg, images, train_labels, backend, device, progress)
-        summary["eval"], summary["evals"] = evals[0], evals
-        e = evals[0]
-        log(f"{e['arch']}: {100 * e['accuracy_mean']:.2f} ± {100 * e['accuracy_std']:.2f}% "
-            f"(last epoch, {cfg.eval.runs} runs)")
-    outputs.plot_curves(storage.join(run_url, "curves.png"), history, curves)
+def eval_record(arch: str, epochs: int, runs: list[EvalResult]) -> dict:
+    """summary.json's record of one architecture's evaluation runs."""
+    accs = [r.accuracy for r in runs]
+    return {"arch": arch, "epochs": epochs, "runs": accs, "seeds": [r.seed for r in runs],
+            "accuracy_mean": statistics.fmean(accs), "accuracy_std": statistics.pstdev(accs),
+            "best_epoch_accuracy_mean": statistics.fmean(r.best_accuracy for r in runs),
+            "best_epoch_runs": [r.best_accuracy for r in runs],  # selected on the test set (reference)
+            "seconds": [r.seconds for r in runs]}
+
+
+# write -------------------------------------------------------------------------------------
+def summarize(cfg: RunConfig, state: RunState, stored: StoredSet, backend: str, workers: int,
+              train_images: int) -> dict:
+    """summary.json's record of the run, before diagnostics and evaluation are added."""
+    history = stored.history
+    return {"preset": cfg.preset, "method": str(cfg.method), "ipc": cfg.ipc, "factor": stored.factor,
+            "kernel": str(cfg.kernel), "estimator": str(cfg.estimator), "update_mode": str(cfg.update_mode),
+            "iterations": cfg.iterations if cfg.method == "m3d" else 0, "seed": cfg.seed, "device": str(cfg.device),
+            "backend": backend, "workers": workers, "train_images": train_images,
+            "condense_seconds": state.condense_seconds,
+            "condense_it_per_s": state.condense_it_per_s,  # steady state: after workers started
+            "final_loss": statistics.fmean(history[-1][1]) if history else None,
+            "loss_curve": state.loss_curve}
+
+
+def write_outputs(run_url: str, summary: dict, stored: StoredSet, images: torch.Tensor, labels: torch.Tensor,
+                  curves: dict) -> None:
+    outputs.plot_grid(storage.join(run_url, "grid.png"), images, labels, stored.class_names)
+    outputs.plot_curves(storage.join(run_url, "curves.png"), stored.history, curves)
     outputs.write_json(storage.join(run_url, "summary.json"), summary)
     write_run_report(run_url, summary)
-    run["status"] = "finished"
-    store.write_run(run)
-    log(f"wrote {run_url}")
-    return summary
-
-
-def moments(cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor, device, pool=None) -> dict:
-    """Moment gaps of the synthetic set and of the set it started from (for M3D/DM the engine's
-    initial set; for the baselines, the selection itself). ``pool``: the real images, if loaded."""
-    classes = list(range(cfg.data.num_classes))
-    if pool is None:
-        pool = open_class_pool(cfg.data, classes, device, progress=False)
-    s = EngineSettings.from_config(cfg)
-    sets = {"synthetic": (images, labels)}
-    if cfg.method == "m3d":
-        sets["initial"] = (decode(initial_images(pool, classes, s), cfg.factor), labels)
-    return moment_report(sets, pool, classes, s, cfg.diagnostics.encoders, cfg.diagnostics.real_per_class, device)

@@ -25,81 +25,52 @@ Update modes (``update_mode``):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
+
 from m3d_condense.kernels import mmd2
-from m3d_condense.models import NUM_UNIFORMS, AugmentSpec, augment, create_model, decode, mix_init
+from m3d_condense.models import NUM_UNIFORMS, augment, create_model, decode, mix_init
 from m3d_condense.pipeline.compute import autocast, compiled_call, synchronize, use_compile
-from m3d_condense.pipeline.config import augment_spec
-from m3d_condense.pipeline.data import ClassPool, DataSpec
+from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.data import ClassCache
+from m3d_condense.pipeline.data.labeled import class_major_labels
 from m3d_condense.pipeline.memory import classes_per_forward
 from m3d_condense.pipeline.seeding import derive_seed, generator
-from omegaconf import DictConfig
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    data: DataSpec
-    ipc: int = 10
-    factor: int = 2
-    ipm: int = 5
-    kernel: str = "gaussian"
-    estimator: str = "biased"
-    lr: float = 1.0
-    momentum: float = 0.5
-    batch_real: int = 128
-    update_mode: str = "reference"
-    seed: int = 0
-    init: str = "mix"  # mix: a seeded random sample per class | mix_first: the first images of each class
-    encoder: str = "convnet3"
-    encoder_width: int | None = None
-    augment: AugmentSpec = field(default_factory=AugmentSpec)
-    compile: bool = False  # torch.compile the encoder forward (and its backward): ~2x on CPU after a one-off compile
-    chunk_classes: int = 0  # classes per forward; 0: the fastest of a few sizes that fit in memory (timed once
-    #                         per shape and device; exact either way: per-image norm)
-    precision: str = "fp32"  # fp32 | bf16: the encoder forwards under bf16 autocast (kernels stay fp32)
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> "EngineSettings":
-        return cls(data=DataSpec.from_config(cfg.data), ipc=cfg.ipc, factor=cfg.factor, ipm=cfg.ipm,
-                   kernel=cfg.kernel, estimator=cfg.estimator, lr=cfg.lr, momentum=cfg.momentum,
-                   batch_real=cfg.batch_real, update_mode=cfg.update_mode, seed=cfg.seed, init=cfg.init, encoder=cfg.encoder.arch,
-                   encoder_width=cfg.encoder.width, augment=augment_spec(cfg.augment),
-                   compile=use_compile(cfg.compile, cfg.iterations, COMPILE_AUTO_ITERATIONS), chunk_classes=cfg.chunk_classes,
-                   precision=cfg.precision)
-
-
-def build_encoder(s: EngineSettings, index: int, stream: str = "encoder") -> torch.nn.Module:
+def build_encoder(s: RunConfig, index: int, stream: str = "encoder") -> torch.nn.Module:
     """The random encoder number ``index`` (= t // ipm) of ``stream`` ("encoder" for matching;
     baselines and diagnostics draw from their own streams). Built on the CPU under its own seed
     so that every worker and every device gets the same weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(s.seed, stream, index))
-        net = create_model(s.encoder, s.data.channels, s.data.num_classes, s.data.image_size, s.encoder_width)
+        net = create_model(s.encoder.arch, s.data.channels, s.data.num_classes, s.data.image_size, s.encoder.width)
     return net.train()
 
 
 COMPILE_AUTO_ITERATIONS = 500  # from here on the one-off compile (20-60 s) is a small part of the run
 
 
-def initial_images(pool: ClassPool, classes: Sequence[int], s: EngineSettings) -> torch.Tensor:
+def compiles_encoder(s: RunConfig) -> bool:
+    """``compile``, with auto decided by the run's length and whether this machine can compile."""
+    return use_compile(s.compile, s.iterations, COMPILE_AUTO_ITERATIONS)
+
+
+def initial_images(cache: ClassCache, classes: Sequence[int], s: RunConfig) -> torch.Tensor:
     """The starting synthetic set, class-major (len(classes) * ipc, C, H, W): per class,
     ipc * factor^2 real images tiled factor x factor into ipc stored images. ``init: mix``
     takes a random sample of the class drawn from (seed, "init", class), as the release takes
     a shuffled class batch; ``mix_first`` its first images in dataset order."""
-    if s.init not in ("mix", "mix_first"):
-        raise ValueError(f"unknown init {s.init!r}; choose mix or mix_first")
     n = s.ipc * s.factor**2
 
     def sample(c: int) -> torch.Tensor:
-        return pool.first(c, n) if s.init == "mix_first" else pool.random_subset(c, n, s.seed, stream="init")
+        return cache.first(c, n) if s.init == "mix_first" else cache.random_subset(c, n, s.seed, stream="init")
 
     return torch.cat([mix_init(sample(c), s.factor) for c in classes])
 
 
-def augment_uniforms(s: EngineSettings, iteration: int) -> torch.Tensor:
+def augment_uniforms(s: RunConfig, iteration: int) -> torch.Tensor:
     """(num_classes, NUM_UNIFORMS): row c drives class c's siamese augmentation at ``iteration``."""
     return torch.rand(s.data.num_classes, NUM_UNIFORMS, generator=generator(s.seed, "augment", iteration))
 
@@ -125,18 +96,21 @@ def drift(mu: float, n: int) -> float:
 
 
 class Condenser:
-    """Synthetic images of ``classes`` (global class indices), updated one iteration per ``step``."""
+    """Synthetic images of ``classes`` (global class indices), updated one iteration per ``step``.
+    ``settings``: the run's config; the engine reads its top-level keys and ``data``, ``encoder``
+    and ``augment``."""
 
-    def __init__(self, settings: EngineSettings, pool: ClassPool, classes: Sequence[int],
+    def __init__(self, settings: RunConfig, cache: ClassCache, classes: Sequence[int],
                  device: torch.device | str = "cpu"):
-        self.s, self.pool, self.device = settings, pool, torch.device(device)
+        self.s, self.cache, self.device = settings, cache, torch.device(device)
         self.classes = [int(c) for c in classes]
         s = settings
-        self.images = initial_images(pool, self.classes, s).to(self.device)
+        self.images = initial_images(cache, self.classes, s).to(self.device)
         self.momentum = torch.zeros_like(self.images)
         self.iteration = 0
         self._encoder_index, self._encoder = None, None
-        self._embed = compiled_call("embed", s.compile)
+        self.compiled = compiles_encoder(s)
+        self._embed = compiled_call("embed", self.compiled)
         # The memory bound; with chunk_classes=0 the first step times a few sizes up to it.
         self.chunk = classes_per_forward(s, len(self.classes), self.device, s.chunk_classes)
         self._chunk_tuned = s.chunk_classes > 0
@@ -156,7 +130,7 @@ class Condenser:
     @property
     def labels(self) -> torch.Tensor:
         """Label of every stored image, (len(classes) * ipc,)."""
-        return torch.tensor(self.classes).repeat_interleave(self.s.ipc)
+        return class_major_labels(self.classes, self.s.ipc)
 
     def encoder(self, iteration: int) -> torch.nn.Module:
         index = iteration // self.s.ipm
@@ -172,9 +146,9 @@ class Condenser:
         synthetic ones."""
         s = self.s
         classes = self.classes if classes is None else list(classes)
-        real = self.pool.sample(classes, s.batch_real, s.seed, iteration).to(self.device)
+        real = self.cache.sample(classes, s.batch_real, s.seed, iteration).to(self.device)
         syn = decode(images, s.factor)
-        sizes_real = self.pool.batch_sizes(classes, s.batch_real)
+        sizes_real = self.cache.batch_sizes(classes, s.batch_real)
         n_syn = s.ipc * s.factor**2
         position = torch.arange(len(classes))
         groups_real = position.repeat_interleave(torch.tensor(sizes_real))
@@ -216,8 +190,8 @@ class Condenser:
         a throwaway forward and backward of its first chunk at the current iteration (warm-up,
         then timed; nothing is updated), compared per class. Cached per shape, mode and device."""
         s = self.s
-        key = (s.encoder, s.encoder_width, s.data.channels, tuple(s.data.image_size), s.ipc, s.factor, s.batch_real,
-               s.precision, s.compile, str(self.device), len(self.classes), self.chunk)
+        key = (s.encoder.arch, s.encoder.width, s.data.channels, tuple(s.data.image_size), s.ipc, s.factor, s.batch_real,
+               str(s.precision), self.compiled, str(self.device), len(self.classes), self.chunk)
         if key not in _TUNED_CHUNKS:
             per_class = {}
             for k in chunk_candidates(len(self.classes), self.chunk):
@@ -243,13 +217,11 @@ class Condenser:
                 buf = self._grad_decay * self.momentum + grad
                 images = at.detach() - s.lr * buf - self._post_shift * buf
                 self.momentum = self._post_decay * buf
-        elif s.update_mode == "batched":
+        else:  # batched
             losses, grad = self.losses_and_grad(self.images, t)
             with torch.no_grad():
                 self.momentum = s.momentum * self.momentum + grad
                 images = self.images - s.lr * self.momentum
-        else:
-            raise ValueError(f"unknown update_mode {s.update_mode!r}; choose reference or batched")
         self.images = images.clamp_(0.0, 1.0)
         self.iteration += 1
         return losses.detach().cpu()
@@ -266,26 +238,14 @@ class Condenser:
         self.iteration = int(state["iteration"])
 
 
-def condense(condenser: Condenser, iterations: int, log_every: int = 1,
-             on_log: Callable[[int, torch.Tensor], None] | None = None, progress: bool = True,
-             last: int | None = None) -> list[tuple[int, list[float]]]:
-    """Step ``condenser`` until it has done ``iterations`` in all; returns [(t, per-class losses)]
-    for every ``log_every``-th iteration and the run's last one (``last``, default
-    ``iterations``: a worker that runs in chunks passes the run's total). A tqdm bar shows the
-    iteration and the mean loss."""
-    from tqdm.auto import tqdm
-
+def condense(condenser: Condenser, until: int, log_every: int = 1, last: int | None = None) -> list[tuple[int, list[float]]]:
+    """Step ``condenser`` to iteration ``until``; returns [(t, per-class losses)] of every
+    ``log_every``-th iteration and of the run's last one (``last``, default ``until``: a worker
+    that runs in parts passes the run's total)."""
     history = []
-    bar = tqdm(total=iterations, initial=condenser.iteration, desc="condense", unit="it", disable=not progress,
-               dynamic_ncols=True, mininterval=1.0)
-    with bar:
-        while condenser.iteration < iterations:
-            t = condenser.iteration
-            losses = condenser.step()
-            if t % log_every == 0 or condenser.iteration == (last or iterations):
-                history.append((t, losses.tolist()))
-                bar.set_postfix(mmd2=f"{losses.mean().item():.4g}")
-                if on_log is not None:
-                    on_log(t, losses)
-            bar.update(1)
+    while condenser.iteration < until:
+        t = condenser.iteration
+        losses = condenser.step()
+        if t % log_every == 0 or condenser.iteration == (last or until):
+            history.append((t, losses.tolist()))
     return history

@@ -16,8 +16,9 @@ matplotlib.use("Agg")  # headless: runs on clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from m3d_condense.pipeline.config import RunConfig, to_yaml  # noqa: E402
 from m3d_condense.pipeline.data import storage  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 
 def _atomic(path, write) -> str:
@@ -49,8 +50,9 @@ def read_json(path) -> Any:
     return json.loads(storage.read_bytes(str(path)))
 
 
-def write_config(path, cfg: DictConfig) -> str:
-    return _atomic(path, lambda f: f.write(OmegaConf.to_yaml(cfg).encode()))
+def write_config(path, cfg: RunConfig) -> str:
+    """config.yaml: every key of the run (``config.read_config`` loads it back)."""
+    return _atomic(path, lambda f: f.write(to_yaml(cfg).encode()))
 
 
 def _save_figure(fig, path) -> str:

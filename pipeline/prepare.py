@@ -13,8 +13,8 @@ import sys
 # imported as m3d_condense.*, and no module in pipeline/ has the name of a standard or installed
 # top-level module (tests/test_packaging.py checks both).
 from m3d_condense.pipeline.data import ManifestError, ShardError, StorageError
-from m3d_condense.pipeline.data.prepare import FORMATS, PrepareOptions, prepare
 from m3d_condense.pipeline.data.sources import LAYOUTS, SourceError
+from m3d_condense.pipeline.data.writer import FORMATS, PrepareOptions, prepare
 
 
 def parser() -> argparse.ArgumentParser:

@@ -7,6 +7,8 @@ import os
 import time
 from typing import Any
 
+from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.errors import RunError
 from m3d_condense.pipeline.worker import ClassWorker
 
 # Forwarded from the driver's environment into every actor and task, so that credentials and
@@ -16,11 +18,11 @@ FORWARDED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKE
                  "TQDM_DISABLE")
 
 
-class ResourceError(RuntimeError):
+class ResourceError(RunError, RuntimeError):
     """The Ray cluster lacks what the run asks for."""
 
 
-class WorkerError(RuntimeError):
+class WorkerError(RunError, RuntimeError):
     """A worker failed for good; the message names its classes and its last error."""
 
 
@@ -54,7 +56,7 @@ def _waited(wait_s: float) -> str:
     return f" after waiting ray.wait_for_gpus_s={wait_s:g} s for GPU nodes" if wait_s > 0 else ""
 
 
-def actor_resources(cfg, workers: int) -> dict[str, Any]:
+def actor_resources(cfg: RunConfig, workers: int) -> dict[str, Any]:
     """num_cpus/num_gpus per actor; ResourceError (at once, not a silent hang) if the cluster
     cannot place ``workers`` of them."""
     import ray
@@ -81,7 +83,7 @@ def actor_resources(cfg, workers: int) -> dict[str, Any]:
 class RayWorkers:
     """The workers as Ray actors; ``call`` runs a method on all of them concurrently."""
 
-    def __init__(self, cfg, cfg_dict: dict, splits: list[list[int]], run_url: str):
+    def __init__(self, cfg: RunConfig, splits: list[list[int]], run_url: str):
         import ray
 
         res = actor_resources(cfg, len(splits))
@@ -89,7 +91,7 @@ class RayWorkers:
             **res, max_restarts=cfg.ray.max_restarts, max_task_retries=cfg.ray.max_restarts,
             scheduling_strategy="SPREAD")
         self.splits = splits
-        self.actors = [remote.remote(cfg_dict, s, run_url, f"worker {i}") for i, s in enumerate(splits)]
+        self.actors = [remote.remote(cfg, s, run_url, f"worker {i}") for i, s in enumerate(splits)]
 
     def call(self, method: str, *args) -> list[Any]:
         import ray
@@ -136,7 +138,7 @@ def _span(classes: list[int]) -> str:
     return f"{classes[0]}..{classes[-1]}" if len(classes) > 1 else str(classes[0])
 
 
-def evaluate_remote(jobs: list[dict], images, labels, test, settings, cfg) -> tuple[list, list[dict]]:
+def evaluate_remote(jobs: list[dict], images, labels, test, cfg: RunConfig) -> tuple[list, list[dict]]:
     """Run ``train_and_test`` for each job as a Ray task, holding ``ray.eval_gpus`` of a GPU
     each when the cluster has GPUs (and device is not cpu). Returns the results and, per
     job, what it held: ``{"gpu_ids", "resources", "warning"}``."""
@@ -151,8 +153,8 @@ def evaluate_remote(jobs: list[dict], images, labels, test, settings, cfg) -> tu
     gpu = cfg.device != "cpu" and gpus >= share
     task = ray.remote(_evaluate_one).options(num_cpus=cfg.ray.eval_cpus, num_gpus=share if gpu else 0)
     refs = dict(images=ray.put(images), labels=ray.put(labels), test=ray.put(test))
-    futures = [task.remote(refs["images"], refs["labels"], refs["test"], j["arch"], settings, j["seed"],
-                           cfg.device, f"evaluation {j['arch']} run {j['run'] + 1}") for j in jobs]
+    futures = [task.remote(refs["images"], refs["labels"], refs["test"], j["arch"], cfg, j["seed"],
+                           f"evaluation {j['arch']} run {j['run'] + 1}") for j in jobs]
     out = []
     for j, ref in zip(jobs, futures, strict=True):
         try:
@@ -164,16 +166,17 @@ def evaluate_remote(jobs: list[dict], images, labels, test, settings, cfg) -> tu
     return [r for r, _ in out], [p for _, p in out]
 
 
-def _evaluate_one(images, labels, test, arch, settings, seed, device_name, who):
-    import sys
-
+def _evaluate_one(images, labels, test, arch, cfg, seed, who):
     import ray
+
     from m3d_condense.pipeline.evaluate import train_and_test
+    from m3d_condense.pipeline.logs import log, setup_logging
     from m3d_condense.pipeline.worker import check_assigned_gpus, pick_device, ray_gpu_ids
 
-    warning = check_assigned_gpus(device_name, who)
+    setup_logging()  # a Ray task may run in a fresh process
+    warning = check_assigned_gpus(cfg.device, who)
     if warning:  # now, for whoever follows the logs; the driver repeats it with the result
-        print(f"[m3d] WARNING: {warning}", file=sys.stderr, flush=True)
-    result = train_and_test(images, labels, test, arch, settings, seed, pick_device(device_name), progress=False)
+        log.warning(warning)
+    result = train_and_test(images, labels, test, arch, cfg, seed, pick_device(cfg.device), progress=False)
     return result, {"gpu_ids": ray_gpu_ids(), "warning": warning,
                     "resources": ray.get_runtime_context().get_assigned_resources()}

@@ -11,6 +11,8 @@ import statistics
 from importlib import resources
 
 import yaml
+
+from m3d_condense.pipeline.config import NAMED_METHODS, named_method
 from m3d_condense.pipeline.data import storage
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
@@ -19,7 +21,6 @@ th{background:#eee}td.l,th.l{text-align:left}img{max-width:100%;border:1px solid
 .note{color:#555;font-size:90%}"""
 
 
-METHOD_ORDER = ("random", "herding", "dm", "m3d", "whole")
 LABELS = {"m3d": "M3D", "dm": "DM", "whole": "whole set"}
 ORDERS = ("mean", "variance", "skewness", "kurtosis")
 
@@ -97,8 +98,8 @@ def run_report(run_url: str, summary: dict) -> str:
 
 
 def method_name(summary: dict) -> str:
-    """The harness's name for a run's method: M3D's engine with the linear kernel is DM."""
-    return "dm" if summary["method"] == "m3d" and summary.get("kernel") == "linear" else summary["method"]
+    """The comparison's name of the run a summary describes (DM for M3D with the linear kernel)."""
+    return named_method(summary["method"], summary.get("kernel"))
 
 
 def _mean_std(values: list[float]) -> str:
@@ -108,7 +109,7 @@ def _mean_std(values: list[float]) -> str:
 def accuracy_table(rows: list[dict]) -> tuple[list[str], list[list]]:
     """(header, lines) of a grid: per dataset, IPC and architecture, each method's last-epoch
     accuracy (mean ± std over seeds and evaluation runs) with the paper's number in brackets."""
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}  # a variant "dm:lr=0.01" sorts after its base "dm"
+    rank = {m: i for i, m in enumerate(NAMED_METHODS)}  # a variant "dm:lr=0.01" sorts after its base "dm"
     methods = sorted({r["method"] for r in rows}, key=lambda m: (rank.get(m.split(":")[0], len(rank)), m))
     cells: dict = {}
     for r in rows:

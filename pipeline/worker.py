@@ -9,13 +9,16 @@ import sys
 import time
 
 import torch
+
 from m3d_condense.pipeline.checkpoint import RunStore
-from m3d_condense.pipeline.data import open_class_pool
-from m3d_condense.pipeline.engine import Condenser, EngineSettings, condense
-from omegaconf import OmegaConf
+from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.data import open_class_cache
+from m3d_condense.pipeline.engine import Condenser, condense
+from m3d_condense.pipeline.errors import RunError
+from m3d_condense.pipeline.logs import log, setup_logging
 
 
-class GPUUnavailableError(RuntimeError):
+class GPUUnavailableError(RunError, RuntimeError):
     """Ray assigned GPUs to this process, device=cuda, and torch sees no CUDA device."""
 
 
@@ -58,15 +61,16 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
-    return torch.device(name)
+        raise GPUUnavailableError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+    return torch.device(str(name))
 
 
 class ClassWorker:
-    """Owns ``classes`` (sorted global indices) of the run configured by ``cfg`` (a plain dict)."""
+    """Owns ``classes`` (sorted global indices) of the run configured by ``cfg``."""
 
-    def __init__(self, cfg: dict, classes: list[int], run_url: str, log_prefix: str = ""):
-        self.cfg = OmegaConf.create(cfg)
+    def __init__(self, cfg: RunConfig, classes: list[int], run_url: str, log_prefix: str = ""):
+        setup_logging()  # a Ray actor is a fresh process
+        self.cfg = cfg
         self.classes = sorted(int(c) for c in classes)
         self.prefix = log_prefix
         # Shown by the driver, which reads them from info() as soon as the actors are up.
@@ -74,15 +78,15 @@ class ClassWorker:
         self.device = pick_device(self.cfg.device)
         self.store = RunStore(run_url)
         start = time.perf_counter()
-        pool = open_class_pool(self.cfg.data, self.classes, self.device, progress=False, log=self._log)
-        self.condenser = Condenser(EngineSettings.from_config(self.cfg), pool, self.classes, self.device)
-        self._log(f"{sum(pool.count.values())} real images ready in {time.perf_counter() - start:.1f} s; "
+        cache = open_class_cache(self.cfg.data, self.classes, self.device, progress=False, log=self._log)
+        self.condenser = Condenser(self.cfg, cache, self.classes, self.device)
+        self._log(f"{sum(cache.count.values())} real images ready in {time.perf_counter() - start:.1f} s; "
                   f"{self.condenser.chunk} classes per forward on {self.device}")
         self.times: list[int] = []
         self.losses: list[torch.Tensor] = []
         self.restored_from = 0
-        run = self.store.read_run()
-        if run and run.get("iteration", 0) > 0:
+        run = self.store.read()
+        if run and run.iteration > 0:
             self._restore(run)
             self._log(f"restored from the checkpoint of iteration {self.restored_from}")
 
@@ -90,9 +94,9 @@ class ClassWorker:
         return f"{self.prefix or 'worker'} (classes {self.classes[0]}..{self.classes[-1]})"
 
     def _log(self, msg: str) -> None:
-        print(f"[m3d] {self._who()}: {msg}", file=sys.stderr, flush=True)
+        log.info(f"{self._who()}: {msg}")
 
-    def _restore(self, run: dict) -> None:
+    def _restore(self, run) -> None:
         state = self.store.restore(run, self.classes)
         self.condenser.load_state_dict({k: state[k] for k in ("images", "momentum", "iteration", "classes")})
         self.times = list(state["times"])
@@ -102,7 +106,7 @@ class ClassWorker:
     def info(self) -> dict:
         return {"classes": self.classes, "iteration": self.condenser.iteration, "restored_from": self.restored_from,
                 "device": str(self.device), "pid": os.getpid(), "host": os.uname().nodename, "node": _node_id(),
-                "class_names": self.condenser.pool.class_names, "where": where(), "gpu_ids": ray_gpu_ids(),
+                "class_names": self.condenser.cache.class_names, "where": where(), "gpu_ids": ray_gpu_ids(),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "warnings": self.warnings}
 
     def run_until(self, target: int, checkpoint: bool) -> dict:
@@ -110,7 +114,7 @@ class ClassWorker:
         Returns the iteration reached, the checkpoint's path (or None), the mean loss last
         logged and the seconds spent."""
         start = time.perf_counter()
-        history = condense(self.condenser, target, self.cfg.log_every, progress=False, last=self.cfg.iterations)
+        history = condense(self.condenser, target, self.cfg.log_every, last=self.cfg.iterations)
         for t, losses in history:
             self.times.append(t)
             self.losses.append(torch.tensor(losses))
@@ -122,9 +126,10 @@ class ClassWorker:
         return self.store.save_slice(self.condenser.iteration, self.classes, self.state())
 
     def state(self) -> dict:
+        """The condenser's state plus the loss history of this worker's classes: what a
+        checkpoint slice holds."""
         losses = torch.stack(self.losses) if self.losses else torch.zeros(0, len(self.classes))
-        return {"classes": self.classes, "iteration": self.condenser.iteration, "images": self.condenser.images.cpu(),
-                "momentum": self.condenser.momentum.cpu(), "times": list(self.times), "losses": losses}
+        return {**self.condenser.state_dict(), "times": list(self.times), "losses": losses}
 
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from m3d_condense.pipeline.data import LabeledImages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +98,8 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
     """A real Ray head on 127.0.0.1 (`ray start --head`), with the job-submission API; yields
-    (GCS address, dashboard URL). Stopped at the end of the session."""
+    (GCS address, dashboard URL). At the end of the session only ITS processes are stopped (they
+    carry its own temp dir on their command lines): a Ray the user runs on the machine survives."""
     import subprocess
     import sys
 
@@ -105,15 +107,43 @@ def ray_head(tmp_path_factory):
 
     ray_module.shutdown()  # an in-process Ray started by an earlier test would hold the default ports
     gcs, dash, agent = free_port(), free_port(), free_port()
+    temp_dir = tmp_path_factory.mktemp("ray")  # short: Ray's socket paths live under it
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
     env = {**os.environ, **RAY_ENV}
     subprocess.run([*ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=4",
                     "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats"],
-                   check=True, env=env, capture_output=True, timeout=120)
+                    f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats",
+                    f"--temp-dir={temp_dir}"], check=True, env=env, capture_output=True, timeout=120)
     yield f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
     ray_module.shutdown()
-    subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    stop_processes_mentioning(str(temp_dir))
+
+
+def stop_processes_mentioning(marker: str, grace_s: float = 10.0) -> None:
+    """SIGTERM every process whose command line contains ``marker``, SIGKILL what remains."""
+    import signal
+    import time
+
+    def matching() -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                        pids.append(int(entry.name))
+                except OSError:
+                    continue
+        return pids
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in matching():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while matching() and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,8 +8,9 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from m3d_condense.pipeline.data import LabeledImages
 from PIL import Image
+
+from m3d_condense.pipeline.data import LabeledImages
 
 
 def nhwc(data: LabeledImages) -> np.ndarray:

@@ -3,13 +3,15 @@ import json
 
 import torch
 from conftest import synthetic_classes
+
 from m3d_condense.pipeline.baselines import herding, herding_order
 from m3d_condense.pipeline.cli import main
-from m3d_condense.pipeline.data import ClassPool, DataSpec
+from m3d_condense.pipeline.config import DataConfig, EncoderConfig, RunConfig
+from m3d_condense.pipeline.data import ClassCache
 from m3d_condense.pipeline.diagnostics import moment_report
-from m3d_condense.pipeline.engine import EngineSettings
 
-SPEC = DataSpec(num_classes=4, channels=1, image_size=(12, 12), mean=(0.4,), std=(0.25,))
+TINY = RunConfig(data=DataConfig(num_classes=4, channels=1, image_size=[12, 12], mean=[0.4], std=[0.25]),
+                 encoder=EncoderConfig(width=16))
 
 
 def test_herding_keeps_the_running_mean_closer_to_the_class_mean_than_random_picks():
@@ -24,19 +26,19 @@ def test_herding_keeps_the_running_mean_closer_to_the_class_mean_than_random_pic
 
 
 def test_herding_returns_ipc_real_images_per_class(tiny_data):
-    pool = ClassPool.from_labeled(tiny_data, range(4))
-    images, labels = herding(pool, range(4), 3, EngineSettings(data=SPEC, encoder_width=16), torch.device("cpu"))
+    cache = ClassCache.from_labeled(tiny_data, range(4))
+    images, labels = herding(cache, range(4), 3, TINY, torch.device("cpu"))
     assert images.shape == (12, 1, 12, 12) and labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
     real = (tiny_data.images.float() / 255).flatten(1)
     assert all(((real - img.flatten()).abs().sum(1) < 1e-6).any() for img in images)  # each is a real image
 
 
 def test_moment_gaps_are_small_for_real_images_and_large_for_noise(tiny_data):
-    pool = ClassPool.from_labeled(tiny_data, range(4))
+    cache = ClassCache.from_labeled(tiny_data, range(4))
     held_out = synthetic_classes(num_classes=4, per_class=40, seed=9)
     noise = torch.rand(160, 1, 12, 12, generator=torch.Generator().manual_seed(1))
     sets = {"real": (held_out.images.float() / 255, held_out.labels), "noise": (noise, held_out.labels)}
-    gaps = moment_report(sets, pool, range(4), EngineSettings(data=SPEC, encoder_width=16), encoders=2,
+    gaps = moment_report(sets, cache, range(4), TINY, encoders=2,
                          real_per_class=40, device=torch.device("cpu"))
     assert set(gaps["real"]) == {"mean", "variance", "skewness", "kurtosis"}
     assert gaps["real"]["mean"] < 0.5 * gaps["noise"]["mean"]
@@ -57,7 +59,7 @@ def test_herding_method_and_moment_diagnostics_in_a_run(tmp_path):
 
 def test_whole_method_trains_on_every_training_image_and_stores_no_copy(tmp_path):
     from m3d_condense.pipeline.config import load_config
-    from m3d_condense.pipeline.data.loading import load_split
+    from m3d_condense.pipeline.data.dataset import load_split
 
     common = [f"out_dir={tmp_path}", "run_name=w", "method=whole", "eval.runs=1", "eval.epochs=1", "encoder.width=16"]
     assert main(["digits", *common]) == 0

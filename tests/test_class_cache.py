@@ -3,15 +3,15 @@ draw the same batches."""
 import pytest
 import torch
 from conftest import synthetic_classes, write_npz
-from m3d_condense.pipeline.data import ClassPool, StreamingClassPool, open_class_pool
-from m3d_condense.pipeline.data.loading import cache_tier
-from m3d_condense.pipeline.data.prepare import PrepareOptions, prepare
-from omegaconf import OmegaConf
+
+from m3d_condense.pipeline.config import ConfigError, DataConfig, load_config
+from m3d_condense.pipeline.data import ClassCache, StreamingClassCache, open_class_cache
+from m3d_condense.pipeline.data.dataset import cache_tier
+from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
 
 
-def _data_cfg(root, **kw):
-    return OmegaConf.create({"source": "shards", "root": str(root), "cache": "auto", "cache_gb": 8, "verify": True,
-                             "read_workers": 1, **kw})
+def _data_cfg(root, **kw) -> DataConfig:
+    return DataConfig(**{"source": "shards", "root": str(root), "read_workers": 1, **kw})
 
 
 def test_auto_tier_uses_host_memory_within_the_budget_and_streams_beyond_it():
@@ -19,18 +19,18 @@ def test_auto_tier_uses_host_memory_within_the_budget_and_streams_beyond_it():
     assert cache_tier(_data_cfg("x"), 2**30, cpu) == "host"
     assert cache_tier(_data_cfg("x", cache_gb=0.5), 2**30, cpu) == "stream"
     assert cache_tier(_data_cfg("x", cache="device"), 2**40, cpu) == "device"  # an explicit choice is obeyed
-    with pytest.raises(ValueError, match="data.cache='gpu' is not valid"):
-        cache_tier(_data_cfg("x", cache="gpu"), 1, cpu)
+    with pytest.raises(ConfigError, match="'gpu'.*key data.cache"):
+        load_config("digits", ["data.cache=gpu"])
 
 
 def test_cached_and_streaming_pools_draw_identical_batches(tmp_path):
     data = synthetic_classes(num_classes=3, per_class=11)
     write_npz(tmp_path / "src", "train", data)
     prepare(str(tmp_path / "src"), str(tmp_path / "ds"), PrepareOptions(progress=False, shard_size=4), log=lambda m: None)
-    cached = open_class_pool(_data_cfg(tmp_path / "ds", cache="host"), [0, 2], torch.device("cpu"), progress=False)
-    streamed = open_class_pool(_data_cfg(tmp_path / "ds", cache_gb=1e-9), [0, 2], torch.device("cpu"), progress=False)
-    in_memory = ClassPool.from_labeled(data, [0, 2])
-    assert type(cached) is ClassPool and type(streamed) is StreamingClassPool
+    cached = open_class_cache(_data_cfg(tmp_path / "ds", cache="host"), [0, 2], torch.device("cpu"), progress=False)
+    streamed = open_class_cache(_data_cfg(tmp_path / "ds", cache_gb=1e-9), [0, 2], torch.device("cpu"), progress=False)
+    in_memory = ClassCache.from_labeled(data, [0, 2])
+    assert type(cached) is ClassCache and type(streamed) is StreamingClassCache
     for t in range(3):
         a, b, c = (p.sample([0, 2], 5, seed=1, iteration=t) for p in (cached, streamed, in_memory))
         assert torch.equal(a, b) and torch.equal(a, c)

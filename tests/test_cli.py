@@ -8,9 +8,10 @@ import sys
 import pytest
 import torch
 from conftest import REPO, SHARED_DATA, synthetic_classes, write_npz
+from PIL import Image
+
 from m3d_condense.pipeline.cli import main
 from m3d_condense.pipeline.config import ConfigError, list_presets, load_config
-from PIL import Image
 
 RUN = REPO / "pipeline" / "run.py"
 FAST = ["iterations=6", "eval.runs=1", "eval.epochs=2", "eval.test_every=1", "log_every=2", "workers=1"]
@@ -147,7 +148,7 @@ def test_no_arguments_prints_usage_with_the_presets(capsys):
 
 
 def _prepared(tmp_path, **kw):
-    from m3d_condense.pipeline.data.prepare import PrepareOptions, prepare
+    from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
 
     write_npz(tmp_path / "src", "train", synthetic_classes(**kw))
     write_npz(tmp_path / "src", "test", synthetic_classes(seed=1, **kw))
@@ -179,16 +180,34 @@ def test_root_without_a_manifest_or_npz_names_both(tmp_path, capsys):
 
 
 def yaml_config(path):
-    from omegaconf import OmegaConf
+    import yaml
 
-    return OmegaConf.to_container(OmegaConf.load(path))
+    return yaml.safe_load(path.read_text())
 
 
 def test_one_worker_runs_in_process_without_a_ray_cluster(monkeypatch):
-    from m3d_condense.pipeline import driver
-    from m3d_condense.pipeline.config import load_config
+    from m3d_condense.pipeline import backend
 
-    assert driver.ray_cluster_reachable("10.0.0.1:6379")  # a named cluster counts without connecting
-    cfg = load_config("mnist", ["data.root=/nowhere"])  # workers: null, backend: auto
-    monkeypatch.setattr(driver, "ray_cluster_reachable", lambda address: False)
-    assert driver.resolve_backend(cfg) == ("local", 1)
+    assert backend.ray_cluster_running("10.0.0.1:6379")  # a named cluster counts without connecting
+    cfg = load_config("mnist")  # workers: null, backend: auto
+    monkeypatch.setattr(backend, "ray_cluster_running", lambda address: False)
+    assert backend.resolve_backend(cfg) == ("local", 1)
+
+
+def test_a_stale_ray_session_file_is_not_a_running_cluster(tmp_path, monkeypatch):
+    """Ray leaves its address in TMP/ray/ray_current_cluster; a cluster that died leaves it behind.
+    Nothing must try to connect there (Ray's connect waits a minute before giving up)."""
+    import socket
+
+    from m3d_condense.pipeline import backend
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(backend.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert not backend.ray_cluster_running(None)  # no session file
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        (tmp_path / "ray").mkdir()
+        (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{listener.getsockname()[1]}\n")
+        assert backend.ray_cluster_running(None)  # something answers there
+    assert not backend.ray_cluster_running(None)  # the same file, nothing listening: stale

@@ -5,7 +5,8 @@ import shlex
 import pytest
 import yaml
 from conftest import REPO
-from m3d_condense.pipeline.config import load_config
+
+from m3d_condense.pipeline.config import compose_config, to_run_config
 
 CLUSTER = REPO / "cluster"
 
@@ -30,7 +31,7 @@ def test_scheduled_rerun_runs_a_fixed_run_name_with_a_valid_config(entry):
     text = (CLUSTER / "schedule" / entry).read_text()
     line = next(ln for ln in text.splitlines() if "pipeline/run.py" in ln and not ln.startswith("#"))
     args = _run_args(line)
-    cfg = load_config(args[0], args[1:])
+    cfg = to_run_config(compose_config(args[0], args[1:]))  # the whole schema, without reading the bucket
     assert cfg.run_name == "in100_ipc10" and str(cfg.data.root).startswith("s3://")
     assert "ray submit cluster/aws-gpu.yaml" in line
 

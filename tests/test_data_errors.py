@@ -8,12 +8,13 @@ import tarfile
 import numpy as np
 import pytest
 from conftest import synthetic_classes, write_npz
-from m3d_condense.pipeline.data import ClassShardReader, ManifestError, ShardError, StorageError, read_manifest
-from m3d_condense.pipeline.data.prepare import PrepareOptions, prepare
-from m3d_condense.pipeline.data.shards import Sample, build_shard, encode_image
-from m3d_condense.pipeline.data.sources import SourceError
 from PIL import Image
 from source_files import write_image_folder
+
+from m3d_condense.pipeline.data import ClassShardReader, ManifestError, ShardError, StorageError, read_manifest
+from m3d_condense.pipeline.data.shards import Sample, build_shard, encode_image
+from m3d_condense.pipeline.data.sources import SourceError
+from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
 
 
 def _prepare(source, dest, **kw):

@@ -4,26 +4,27 @@ import dataclasses
 import pytest
 import torch
 from conftest import synthetic_classes
-from m3d_condense.kernels import mmd2
-from m3d_condense.pipeline.data import ClassPool, DataSpec
-from m3d_condense.pipeline.engine import Condenser, EngineSettings, build_encoder, condense
 
 from benchmarks.reference_loop import ReferenceLoop
+from m3d_condense.kernels import mmd2
+from m3d_condense.pipeline.config import DataConfig, EncoderConfig, RunConfig
+from m3d_condense.pipeline.data import ClassCache
+from m3d_condense.pipeline.engine import Condenser, build_encoder, condense
 
 
-def settings(**kw) -> EngineSettings:
-    spec = DataSpec(num_classes=4, channels=1, image_size=(12, 12), mean=(0.4,), std=(0.25,))
-    base = dict(data=spec, ipc=2, factor=2, ipm=2,
-                batch_real=16, encoder_width=16, seed=3)
+def settings(**kw) -> RunConfig:
+    """The run config of the engine tests: 4 classes of 12x12 grey images (conftest's tiny_data)."""
+    spec = DataConfig(num_classes=4, channels=1, image_size=[12, 12], mean=[0.4], std=[0.25])
+    base = dict(data=spec, ipc=2, factor=2, ipm=2, batch_real=16, encoder=EncoderConfig(width=16), seed=3, compile=False)
     base.update(kw)
-    return EngineSettings(**base)
+    return RunConfig(**base)
 
 
 @pytest.mark.parametrize("kernel", ["gaussian", "linear"])
 def test_reference_mode_reproduces_the_sequential_released_loop(tiny_data, kernel):
     s = settings(kernel=kernel)
-    pool = ClassPool.from_labeled(tiny_data, range(4))
-    ours, ref = Condenser(s, pool, range(4)), ReferenceLoop(s, pool, range(4))
+    cache = ClassCache.from_labeled(tiny_data, range(4))
+    ours, ref = Condenser(s, cache, range(4)), ReferenceLoop(s, cache, range(4))
     torch.testing.assert_close(ours.images, ref.images.detach())
     for _ in range(5):  # crosses encoder changes (ipm=2)
         torch.testing.assert_close(ours.step(), ref.step(), rtol=1e-4, atol=1e-6)
@@ -35,12 +36,12 @@ def test_reference_mode_reproduces_the_sequential_released_loop(tiny_data, kerne
 
 def test_batched_mode_is_one_sgd_step_on_the_summed_class_losses(tiny_data):
     s = settings(update_mode="batched", lr=0.5, momentum=0.9)
-    pool = ClassPool.from_labeled(tiny_data, range(4))
-    ours = Condenser(s, pool, range(4))
+    cache = ClassCache.from_labeled(tiny_data, range(4))
+    ours = Condenser(s, cache, range(4))
     x = ours.images.clone().requires_grad_(True)
     opt = torch.optim.SGD([x], lr=0.5, momentum=0.9)
     for t in range(3):
-        probe = Condenser(s, pool, range(4))
+        probe = Condenser(s, cache, range(4))
         probe.iteration = t
         loss = probe.class_losses(x, t).sum()
         opt.zero_grad()
@@ -54,17 +55,17 @@ def test_batched_mode_is_one_sgd_step_on_the_summed_class_losses(tiny_data):
 
 def test_class_losses_equal_per_class_mmd_of_separate_forwards(tiny_data):
     s = settings(kernel="gaussian")
-    pool = ClassPool.from_labeled(tiny_data, range(4))
-    ours = Condenser(s, pool, range(4))
+    cache = ClassCache.from_labeled(tiny_data, range(4))
+    ours = Condenser(s, cache, range(4))
     batched = ours.class_losses(ours.images, 0)
-    ref = ReferenceLoop(s, pool, range(4))
+    ref = ReferenceLoop(s, cache, range(4))
     per_class = ref.step()  # the first class's loss is computed before any update
     assert batched[0].item() == pytest.approx(per_class[0].item(), rel=1e-5)
 
 
 def test_linear_kernel_loss_is_dm_mean_feature_gap(tiny_data):
     s = settings(kernel="linear")
-    ours = Condenser(s, ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    ours = Condenser(s, ClassCache.from_labeled(tiny_data, range(4)), range(4))
     losses = ours.class_losses(ours.images, 0)
     assert losses.shape == (4,) and (losses > 0).all()
     x, y = torch.randn(3, 5), torch.randn(4, 5)
@@ -82,9 +83,9 @@ def test_encoder_depends_only_on_seed_and_iteration_block():
 
 def test_splitting_classes_over_condensers_gives_the_same_synthetic_set(tiny_data):
     s = settings()
-    pool = ClassPool.from_labeled(tiny_data, range(4))
-    whole = Condenser(s, pool, range(4))
-    halves = [Condenser(s, ClassPool.from_labeled(tiny_data, cls), cls) for cls in ([0, 1], [2, 3])]
+    cache = ClassCache.from_labeled(tiny_data, range(4))
+    whole = Condenser(s, cache, range(4))
+    halves = [Condenser(s, ClassCache.from_labeled(tiny_data, cls), cls) for cls in ([0, 1], [2, 3])]
     for _ in range(4):
         whole.step()
         for h in halves:
@@ -94,52 +95,60 @@ def test_splitting_classes_over_condensers_gives_the_same_synthetic_set(tiny_dat
 
 def test_state_dict_resume_continues_exactly(tiny_data):
     s = settings()
-    pool = ClassPool.from_labeled(tiny_data, range(4))
-    straight = Condenser(s, pool, range(4))
-    condense(straight, 6, progress=False)
-    first = Condenser(s, pool, range(4))
-    condense(first, 3, progress=False)
-    resumed = Condenser(s, pool, range(4))
+    cache = ClassCache.from_labeled(tiny_data, range(4))
+    straight = Condenser(s, cache, range(4))
+    condense(straight, 6)
+    first = Condenser(s, cache, range(4))
+    condense(first, 3)
+    resumed = Condenser(s, cache, range(4))
     resumed.load_state_dict(first.state_dict())
-    condense(resumed, 6, progress=False)
+    condense(resumed, 6)
     assert resumed.iteration == 6
     assert torch.equal(resumed.images, straight.images)
     with pytest.raises(ValueError, match="classes"):
-        Condenser(s, ClassPool.from_labeled(tiny_data, [0, 1]), [0, 1]).load_state_dict(first.state_dict())
+        Condenser(s, ClassCache.from_labeled(tiny_data, [0, 1]), [0, 1]).load_state_dict(first.state_dict())
 
 
 def test_condensation_lowers_the_mmd(tiny_data):
     s = settings(ipm=1000)  # one encoder throughout, so losses are comparable
-    ours = Condenser(s, ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    ours = Condenser(s, ClassCache.from_labeled(tiny_data, range(4)), range(4))
     before = ours.class_losses(ours.images, 0).mean().item()
-    condense(ours, 30, progress=False)
+    condense(ours, 30)
     assert ours.class_losses(ours.images, 0).mean().item() < 0.9 * before  # finite-sample floor stays
 
 
-def test_classes_with_fewer_images_than_the_real_batch_are_handled(tiny_data):
+def test_a_class_smaller_than_the_real_batch_uses_all_its_images_and_scores_as_if_alone():
+    """Ragged real batches (class 2 holds 10 images, the batch is 16) go through one forward;
+    each class's loss must equal the loss of that class computed on its own."""
     s = settings(batch_real=16)
     data = synthetic_classes(per_class=40)
     keep = torch.ones(len(data.labels), dtype=torch.bool)
     keep[(data.labels == 2).nonzero()[10:]] = False  # class 2 keeps 10 images
     data.images, data.labels = data.images[keep], data.labels[keep]
-    ours = Condenser(s, ClassPool.from_labeled(data, range(4)), range(4))
-    assert ours.step().shape == (4,)
+    cache = ClassCache.from_labeled(data, range(4))
+    ours = Condenser(s, cache, range(4))
+    assert cache.batch_sizes(range(4), 16) == [16, 16, 10, 16]
+    together = ours.class_losses(ours.images, 3)
+    rows = s.ipc
+    alone = torch.cat([ours.class_losses(ours.images[c * rows:(c + 1) * rows], 3, [c]) for c in range(4)])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-7)
+    assert torch.isfinite(ours.step()).all()
 
 
 def test_compiled_encoder_gives_the_eager_result_within_float_rounding(tiny_data):
-    eager = Condenser(settings(), ClassPool.from_labeled(tiny_data, range(4)), range(4))
-    compiled = Condenser(settings(compile=True), ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    eager = Condenser(settings(), ClassCache.from_labeled(tiny_data, range(4)), range(4))
+    compiled = Condenser(settings(compile=True), ClassCache.from_labeled(tiny_data, range(4)), range(4))
     for _ in range(5):  # crosses an encoder change (ipm 2): the compiled graph takes the new weights
         torch.testing.assert_close(compiled.step(), eager.step(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(compiled.images, eager.images, rtol=0, atol=1e-4)
-    assert not torch.equal(compiled.images, Condenser(settings(), ClassPool.from_labeled(tiny_data, range(4)),
+    assert not torch.equal(compiled.images, Condenser(settings(), ClassCache.from_labeled(tiny_data, range(4)),
                                                       range(4)).images)  # the images did move
 
 
 @pytest.mark.parametrize("mode", ["reference", "batched"])
 def test_chunked_forwards_give_the_same_synthetic_set(tiny_data, mode):
-    whole = Condenser(settings(update_mode=mode), ClassPool.from_labeled(tiny_data, range(4)), range(4))
-    chunked = Condenser(settings(update_mode=mode, chunk_classes=1), ClassPool.from_labeled(tiny_data, range(4)),
+    whole = Condenser(settings(update_mode=mode), ClassCache.from_labeled(tiny_data, range(4)), range(4))
+    chunked = Condenser(settings(update_mode=mode, chunk_classes=1), ClassCache.from_labeled(tiny_data, range(4)),
                         range(4))
     assert (whole.chunk, chunked.chunk) == (4, 1)
     for _ in range(4):
@@ -169,15 +178,15 @@ def test_auto_chunk_times_each_candidate_once_per_shape_and_keeps_the_fastest(ti
         return original(self, images, iteration, classes)
 
     monkeypatch.setattr(Condenser, "class_losses", recording)
-    first = Condenser(settings(), ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    first = Condenser(settings(), ClassCache.from_labeled(tiny_data, range(4)), range(4))
     first.step()
     # A warm-up and a timed dry run per candidate size, then the step in chunks of the winner.
     assert sizes == [1, 1, 2, 2, 4, 4] + [first.chunk] * (4 // first.chunk) and first.chunk in (1, 2, 4)
     sizes.clear()
-    second = Condenser(settings(), ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    second = Condenser(settings(), ClassCache.from_labeled(tiny_data, range(4)), range(4))
     second.step()
     assert second.chunk == first.chunk and sizes == [first.chunk] * (4 // first.chunk)  # tuned once per shape
-    fixed = Condenser(settings(chunk_classes=4), ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    fixed = Condenser(settings(chunk_classes=4), ClassCache.from_labeled(tiny_data, range(4)), range(4))
     fixed.step()
     torch.testing.assert_close(second.images, fixed.images, rtol=0, atol=1e-6)
 
@@ -187,11 +196,11 @@ def test_memory_decides_the_classes_per_forward_and_refuses_what_cannot_fit(tiny
 
     s = settings()
     monkeypatch.setattr(memory, "free_bytes", lambda device: int(memory.step_bytes(s, 2) / memory.HEADROOM) + 1)
-    assert Condenser(s, ClassPool.from_labeled(tiny_data, range(4)), range(4)).chunk == 2
+    assert Condenser(s, ClassCache.from_labeled(tiny_data, range(4)), range(4)).chunk == 2
     monkeypatch.setattr(memory, "free_bytes", lambda device: 1000)
     with pytest.raises(memory.MemoryBudgetError, match=r"one class needs about .* GiB per step \(ipc=2, factor=2, "
                                                         r"batch_real=16, convnet3 at 12x12\), but cpu has 0.0 GiB usable"):
-        Condenser(s, ClassPool.from_labeled(tiny_data, range(4)), range(4))
+        Condenser(s, ClassCache.from_labeled(tiny_data, range(4)), range(4))
 
 
 def test_step_memory_estimate_grows_with_classes_ipc_and_resolution():
@@ -200,13 +209,13 @@ def test_step_memory_estimate_grows_with_classes_ipc_and_resolution():
     base = settings()
     assert step_bytes(base, 4) > step_bytes(base, 2) > 0
     assert step_bytes(settings(ipc=4), 2) > step_bytes(base, 2)
-    big = settings(data=DataSpec(num_classes=4, channels=1, image_size=(24, 24), mean=(0.4,), std=(0.25,)))
+    big = settings(data=DataConfig(num_classes=4, channels=1, image_size=[24, 24], mean=[0.4], std=[0.25]))
     assert step_bytes(big, 2) > 3 * step_bytes(base, 2)
 
 
 def test_bf16_autocast_tracks_the_fp32_losses_and_keeps_fp32_images(tiny_data):
-    fp32 = Condenser(settings(), ClassPool.from_labeled(tiny_data, range(4)), range(4))
-    bf16 = Condenser(settings(precision="bf16"), ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    fp32 = Condenser(settings(), ClassCache.from_labeled(tiny_data, range(4)), range(4))
+    bf16 = Condenser(settings(precision="bf16"), ClassCache.from_labeled(tiny_data, range(4)), range(4))
     first32, first16 = fp32.step(), bf16.step()
     torch.testing.assert_close(first16, first32, rtol=0.05, atol=0.02)  # bf16 keeps ~3 significant digits
     assert not torch.equal(first16, first32)  # the switch does change the arithmetic
@@ -220,7 +229,7 @@ def test_reference_loop_has_the_released_structure(tiny_data):
     the real batch), synthetic features with grad, encoder weights requiring grad (so the
     backward computes their gradients, as the release does), one encoder per ipm iterations."""
     s = settings(ipm=2)
-    ref = ReferenceLoop(s, ClassPool.from_labeled(tiny_data, range(4)), range(4))
+    ref = ReferenceLoop(s, ClassCache.from_labeled(tiny_data, range(4)), range(4))
     calls, encoders = [], []
     original_embed = type(build_encoder(s, 0)).embed
 

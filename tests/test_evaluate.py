@@ -4,22 +4,24 @@ import dataclasses
 import pytest
 import torch
 from conftest import synthetic_classes
-from m3d_condense.pipeline.config import load_config
-from m3d_condense.pipeline.data import DataSpec
-from m3d_condense.pipeline.evaluate import COMPILE_AUTO_STEPS, EvalSettings, train_and_test
+
+from m3d_condense.pipeline.config import DataConfig, EvalConfig, RunConfig, load_config
+from m3d_condense.pipeline.evaluate import COMPILE_AUTO_STEPS, eval_compiles, train_and_test
 
 
 @pytest.fixture(scope="module")
 def problem():
     data = synthetic_classes(num_classes=4, per_class=20, size=12, channels=1)
-    spec = DataSpec(num_classes=4, channels=1, image_size=(12, 12), mean=(0.4,), std=(0.25,))
+    spec = DataConfig(num_classes=4, channels=1, image_size=[12, 12], mean=[0.4], std=[0.25])
     # 80 images in batches of 32: a ragged last batch, CutMix on about half of them.
-    return data, EvalSettings(data=spec, epochs=3, batch_size=32, test_every=1)
+    return data, RunConfig(data=spec, eval=EvalConfig(epochs=3, batch_size=32, test_every=1, compile=False))
 
 
 def run(problem, **kw):
-    data, s = problem
-    return train_and_test(data.images.float() / 255, data.labels, data, "convnet3", dataclasses.replace(s, **kw), seed=7)
+    """Train and test with the evaluation keys ``kw`` changed."""
+    data, cfg = problem
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, **kw))
+    return train_and_test(data.images.float() / 255, data.labels, data, "convnet3", cfg, seed=7)
 
 
 def test_compiled_evaluation_follows_the_eager_losses_to_float_rounding(problem):
@@ -38,10 +40,12 @@ def test_eval_compile_auto_compiles_long_evaluations_only(monkeypatch):
     from m3d_condense.pipeline import compute
 
     monkeypatch.setattr(compute, "can_compile", lambda: True)
-    # digits: 10 classes x 4 decoded images, batch 64 -> 1 step per epoch
-    assert not EvalSettings.from_config(load_config("digits", [f"eval.epochs={COMPILE_AUTO_STEPS - 1}"])).compile
-    assert EvalSettings.from_config(load_config("digits", [f"eval.epochs={COMPILE_AUTO_STEPS}"])).compile
-    assert not EvalSettings.from_config(load_config("digits", ["eval.compile=false", "eval.epochs=5000"])).compile
-    assert EvalSettings.from_config(load_config("digits", ["eval.compile=true", "eval.epochs=1"])).compile
+    def compiles(*overrides: str) -> bool:  # digits: 10 classes x 4 decoded images, batch 64 -> 1 step per epoch
+        return eval_compiles(load_config("digits", list(overrides)), images_per_class=4)
+
+    assert not compiles(f"eval.epochs={COMPILE_AUTO_STEPS - 1}")
+    assert compiles(f"eval.epochs={COMPILE_AUTO_STEPS}")
+    assert not compiles("eval.compile=false", "eval.epochs=5000")
+    assert compiles("eval.compile=true", "eval.epochs=1")
     monkeypatch.setattr(compute, "can_compile", lambda: False)
-    assert not EvalSettings.from_config(load_config("digits", ["eval.epochs=5000"])).compile
+    assert not compiles("eval.epochs=5000")

@@ -6,13 +6,23 @@ import math
 import pytest
 import torch
 from conftest import synthetic_classes
+from omegaconf import OmegaConf
+
 from m3d_condense.models import NUM_UNIFORMS, AugmentSpec, augment
 from m3d_condense.models.imagenet_augment import color_jitter, imagenet_augment, lighting, resized_crop, rrc_boxes
-from m3d_condense.pipeline.checkpoint import ResumeError, RunStore, condensation_config, fingerprint
-from m3d_condense.pipeline.config import augment_spec, load_config
-from m3d_condense.pipeline.data import ClassPool, DataSpec
-from m3d_condense.pipeline.engine import EngineSettings, initial_images
-from m3d_condense.pipeline.evaluate import DSA_EVAL, EvalSettings, imagenet_epochs, train_and_test
+from m3d_condense.pipeline.checkpoint import ResumeError, RunState, RunStore
+from m3d_condense.pipeline.config import (
+    AugmentConfig,
+    DataConfig,
+    EvalConfig,
+    RunConfig,
+    compose_config,
+    load_config,
+    released_eval_augment,
+)
+from m3d_condense.pipeline.data import ClassCache
+from m3d_condense.pipeline.engine import initial_images
+from m3d_condense.pipeline.evaluate import eval_epochs, imagenet_epochs, train_and_test
 
 
 def _uniforms(n, seed=0):
@@ -35,8 +45,8 @@ def _integer_shift(src: torch.Tensor, dst: torch.Tensor, max_shift: int) -> tupl
 @pytest.mark.parametrize("preset", ["digits", "mnist", "fashion_mnist", "svhn", "cifar10", "cifar100", "tinyimagenet",
                                     "imagenet10", "imagenet100", "imagenet1k", "custom"])
 def test_matching_augmentation_default_is_the_released_color_crop_cutout(preset):
-    spec = augment_spec(load_config(preset).augment)
-    assert spec == AugmentSpec() and (spec.flip, spec.color, spec.geometric, spec.cutout) == (False, True, ("crop",), True)
+    spec = OmegaConf.to_object(compose_config(preset).augment)  # custom: before a manifest completes it
+    assert spec == AugmentConfig() and (spec.flip, spec.color, spec.geometric, spec.cutout) == (False, True, ["crop"], True)
 
 
 def test_matching_crops_always_and_never_rotates_scales_or_flips():
@@ -98,12 +108,12 @@ def test_evaluation_applies_one_geometric_op_per_mini_batch():
 @pytest.mark.parametrize("preset,flip", [("mnist", False), ("svhn", False), ("digits", False), ("fashion_mnist", True),
                                          ("cifar10", True), ("cifar100", True)])
 def test_evaluation_augmentation_per_dataset_family_is_the_released_one(preset, flip):
-    s = EvalSettings.from_config(load_config(preset))
+    s = load_config(preset).eval
     assert s.recipe == "dsa" and s.cutmix_prob == 0.5 and (s.lr, s.weight_decay, s.batch_size) == (0.01, 5e-4, 64)
-    assert s.augment == AugmentSpec(flip=flip, color=True, geometric=("crop", "scale", "rotate"), op_per="batch",
-                                    cutout=False)
+    assert s.augment == AugmentConfig(flip=flip, color=True, geometric=["crop", "scale", "rotate"], op_per="batch",
+                                      cutout=False)
     if flip:
-        assert s.augment == DSA_EVAL
+        assert s.augment == released_eval_augment()
 
 
 def test_imagenet_evaluation_epochs_follow_idc_table():
@@ -117,10 +127,11 @@ def test_imagenet_evaluation_epochs_follow_idc_table():
 @pytest.mark.parametrize("preset,epochs,lr,wd,batch", [("imagenet10", 1000, 0.01, 5e-4, 64),
                                                       ("imagenet100", 600, 0.1, 1e-4, 128)])
 def test_imagenet_presets_evaluate_with_the_released_imagenet_recipe(preset, epochs, lr, wd, batch):
-    s = EvalSettings.from_config(load_config(preset))
-    assert s.recipe == "imagenet" and s.cutmix_prob == 1.0
-    assert (s.epochs, s.lr, s.weight_decay, s.batch_size) == (epochs, lr, wd, batch)
-    assert EvalSettings.from_config(load_config(preset, ["ipc=20"])).epochs == epochs  # 180 decoded images per class
+    cfg = load_config(preset)
+    s = cfg.eval
+    assert s.recipe == "imagenet" and s.cutmix_prob == 1.0 and s.epochs is None  # None: IDC's table
+    assert (eval_epochs(cfg, cfg.ipc * cfg.factor**2), s.lr, s.weight_decay, s.batch_size) == (epochs, lr, wd, batch)
+    assert eval_epochs(cfg, 180) == epochs  # IPC 20: 180 decoded images per class
 
 
 def test_random_resized_crop_boxes_respect_scale_and_aspect_bounds():
@@ -165,40 +176,40 @@ def test_imagenet_augmentation_flips_half_of_the_images_and_is_seeded():
 
 def test_imagenet_recipe_trains_and_is_seeded():
     data = synthetic_classes(num_classes=3, per_class=12, size=16, channels=3)
-    spec = DataSpec(num_classes=3, channels=3, image_size=(16, 16), mean=(0.5,) * 3, std=(0.25,) * 3)
-    s = EvalSettings(data=spec, epochs=2, recipe="imagenet", cutmix_prob=1.0, test_every=1)
+    spec = DataConfig(num_classes=3, channels=3, image_size=[16, 16], mean=[0.5] * 3, std=[0.25] * 3)
+    s = RunConfig(data=spec, eval=EvalConfig(epochs=2, recipe="imagenet", cutmix_prob=1.0, test_every=1, compile=False))
     images = data.images.float() / 255
     a = train_and_test(images, data.labels, data, "convnet3", s, seed=5)
     b = train_and_test(images, data.labels, data, "convnet3", s, seed=5)
     assert a.accuracy == b.accuracy and [acc for _, acc in a.curve] == [acc for _, acc in b.curve]
 
 
-def _settings(**kw):
-    spec = DataSpec(num_classes=4, channels=1, image_size=(12, 12), mean=(0.4,), std=(0.25,))
-    return EngineSettings(**{"data": spec, "ipc": 2, "factor": 1, "seed": 3, **kw})
+def _settings(**kw) -> RunConfig:
+    spec = DataConfig(num_classes=4, channels=1, image_size=[12, 12], mean=[0.4], std=[0.25])
+    return RunConfig(**{"data": spec, "ipc": 2, "factor": 1, "seed": 3, **kw})
 
 
 def test_init_mix_draws_a_seeded_random_sample_of_each_class(tiny_data):
-    pool = ClassPool.from_labeled(tiny_data, range(4))
-    mix = initial_images(pool, range(4), _settings())
-    assert torch.equal(mix, initial_images(pool, range(4), _settings()))
-    assert not torch.equal(mix, initial_images(pool, range(4), _settings(seed=4)))
-    first = initial_images(pool, range(4), _settings(init="mix_first"))
-    assert torch.equal(first[:2], pool.first(0, 2)) and not torch.equal(mix[:2], first[:2])
-    class0 = pool.first(0, pool.count[0])  # every initial image is one of its class's real images
+    cache = ClassCache.from_labeled(tiny_data, range(4))
+    mix = initial_images(cache, range(4), _settings())
+    assert torch.equal(mix, initial_images(cache, range(4), _settings()))
+    assert not torch.equal(mix, initial_images(cache, range(4), _settings(seed=4)))
+    first = initial_images(cache, range(4), _settings(init="mix_first"))
+    assert torch.equal(first[:2], cache.first(0, 2)) and not torch.equal(mix[:2], first[:2])
+    class0 = cache.first(0, cache.count[0])  # every initial image is one of its class's real images
     for img in mix[:2]:
         assert any(torch.equal(img, r) for r in class0)
-    picks = {tuple(initial_images(pool, [0], _settings(seed=s)).flatten()[:4].tolist()) for s in range(12)}
+    picks = {tuple(initial_images(cache, [0], _settings(seed=s)).flatten()[:4].tolist()) for s in range(12)}
     assert len(picks) > 6  # not a fixed choice
 
 
 def test_a_run_started_with_the_old_augmentation_is_refused_naming_the_changed_keys(tmp_path):
     old = load_config("digits", ["init=mix_first", "augment.geometric=[crop,scale,rotate,flip]"])
     store = RunStore(str(tmp_path))
-    store.write_run({"status": "running", "iteration": 500, "fingerprint": fingerprint(old),
-                     "condensation_config": condensation_config(old)})
-    with pytest.raises(ResumeError, match=r"augment\.geometric.*init|init.*augment\.geometric"):
-        store.check_compatible(store.read_run(), load_config("digits"))
+    state = RunState.new(old)
+    store.record_checkpoint(state, 500, [])
+    with pytest.raises(ResumeError, match=r"differs in: augment\.geometric, init\)"):
+        store.open(load_config("digits"))
 
 
 def test_crop_shift_is_exact_with_the_released_pixel_grid():

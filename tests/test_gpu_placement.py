@@ -12,10 +12,11 @@ import socket
 import pytest
 import torch
 from conftest import RAY_ENV
+
+from m3d_condense.pipeline.backend import resolve_backend, split_classes
 from m3d_condense.pipeline.checkpoint import fingerprint
 from m3d_condense.pipeline.cli import main
 from m3d_condense.pipeline.config import ConfigError, load_config
-from m3d_condense.pipeline.driver import resolve_backend, split_classes
 from m3d_condense.pipeline.worker import check_assigned_gpus
 
 # Small runs: the digits preset, a narrow encoder, few iterations, evaluation of 1 epoch.
@@ -55,14 +56,13 @@ def test_workers_null_resolves_to_one_worker_per_gpu_of_the_ray_cluster(fake_gpu
 
 def test_each_actor_holds_its_own_gpu_with_a_distinct_cuda_visible_devices(fake_gpus, tmp_path):
     from m3d_condense.pipeline.ray_backend import RayWorkers
-    from omegaconf import OmegaConf
 
     cfg = _digits(fake_gpus, "workers=2", "backend=ray", f"out_dir={tmp_path}")
-    pool = RayWorkers(cfg, OmegaConf.to_container(cfg, resolve=True), split_classes(10, 2), str(tmp_path / "run"))
+    cache = RayWorkers(cfg, split_classes(10, 2), str(tmp_path / "run"))
     try:
-        infos = pool.call("info")
+        infos = cache.call("info")
     finally:
-        pool.stop()
+        cache.stop()
     ids = [i["gpu_ids"] for i in infos]
     assert all(len(i) == 1 for i in ids) and ids[0] != ids[1], ids
     assert sorted(i["cuda_visible_devices"] for i in infos) == sorted(i[0] for i in ids)  # what torch would see

@@ -3,7 +3,8 @@ import itertools
 
 import pytest
 import torch
-from m3d_condense.kernels import ESTIMATORS, KERNELS, mmd2, moment_gaps
+
+from m3d_condense.kernels import ESTIMATORS, KERNELS, kernel_matrix, mmd2, moment_gaps
 from m3d_condense.kernels.mmd import GAUSSIAN_SCALES
 
 
@@ -49,10 +50,18 @@ def test_biased_mmd2_is_zero_for_identical_sets_and_symmetric(kernel):
     assert mmd2(x, y, kernel).item() > 0
 
 
-def test_linear_kernel_is_dm_squared_mean_difference():
-    x, y = torch.randn(10, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
-    dm = ((x.mean(0) - y.mean(0)) ** 2).sum()
-    assert mmd2(x, y, "linear").item() == pytest.approx(dm.item(), rel=1e-12)
+def test_linear_shortcut_equals_the_gram_matrix_v_statistic_with_its_gradient():
+    """mmd2's O((n+m)d) linear path (DM's ||mean x - mean y||^2) against the general path: block
+    means of the linear Gram matrix from kernel_matrix, value and gradient, batched."""
+    x = torch.randn(3, 10, 6, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(3, 4, 6, dtype=torch.float64)
+    shortcut = mmd2(x, y, "linear")
+    k = kernel_matrix(torch.cat([x, y], dim=-2), "linear")
+    gram = k[:, :10, :10].mean((-1, -2)) + k[:, 10:, 10:].mean((-1, -2)) - 2 * k[:, :10, 10:].mean((-1, -2))
+    torch.testing.assert_close(shortcut, gram, rtol=1e-10, atol=1e-12)
+    (g_short,) = torch.autograd.grad(shortcut.sum(), x)
+    (g_gram,) = torch.autograd.grad(gram.sum(), x)
+    torch.testing.assert_close(g_short, g_gram, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kernel,estimator", list(itertools.product(KERNELS, ESTIMATORS)))

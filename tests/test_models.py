@@ -1,6 +1,7 @@
 """models/: network shapes, per-image independence, augmentation and multi-formation."""
 import pytest
 import torch
+
 from m3d_condense.models import AugmentSpec, augment, create_model, decode, list_models, mix_init
 from m3d_condense.models.augment import NUM_UNIFORMS
 

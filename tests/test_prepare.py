@@ -7,10 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import SHARED_DATA, synthetic_classes, write_npz
-from m3d_condense.pipeline.data import ClassShardReader, read_manifest
-from m3d_condense.pipeline.data.prepare import PrepareOptions, prepare
-from m3d_condense.pipeline.prepare import main as prepare_main
 from source_files import write_cifar10, write_cifar100, write_idx, write_image_folder, write_svhn
+
+from m3d_condense.pipeline.data import ClassShardReader, read_manifest
+from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
+from m3d_condense.pipeline.prepare import main as prepare_main
 
 QUIET = dict(progress=False)
 
@@ -181,3 +182,20 @@ def test_manifest_metadata_is_readable_without_this_project(tmp_path):
     import json
     meta = json.loads(pq.read_schema(io.BytesIO((tmp_path / "out" / "manifest.parquet").read_bytes())).metadata[b"m3d"])
     assert meta["image_size"] == [12, 12] and meta["channels"] == 1 and len(meta["mean"]) == 1
+
+
+def test_npz_resized_by_the_config_equals_the_same_set_prepared_with_size(tmp_path):
+    """One resizer: `data.resize=true` on an npz set and `prepare --size` give the same pixels."""
+    from m3d_condense.pipeline.config import DataConfig
+    from m3d_condense.pipeline.data.inmemory import load_arrays
+
+    train = synthetic_classes(num_classes=3, per_class=6, size=12, channels=3)
+    write_npz(tmp_path / "src", "train", train)
+    _prepare(tmp_path / "src", tmp_path / "out", size=20)
+    data = DataConfig(source="npz", root=str(tmp_path / "src"), image_size=[20, 20], channels=3, num_classes=3,
+                      resize=True)
+    from_npz = load_arrays(data, "train")
+    assert from_npz.images.shape == (18, 3, 20, 20)
+    reader = ClassShardReader(str(tmp_path / "out"))
+    for c in range(3):
+        assert torch.equal(reader.read_class("train", c), from_npz.images[from_npz.labels == c]), f"class {c}"

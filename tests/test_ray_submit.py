@@ -1,5 +1,9 @@
 """The product card's exact command: `ray up` + `ray submit cluster.yaml pipeline/run.py PRESET`
-with the local provider (cluster/local.yaml), over SSH to an sshd on 127.0.0.1."""
+with the local provider (cluster/local.yaml), over SSH to an sshd on 127.0.0.1.
+
+INTRUSIVE: it starts an sshd if none runs, appends a key to /root/.ssh/authorized_keys (removed
+again afterwards) and ends with `ray down`, which stops EVERY Ray process on the machine. CI runs
+it; on a machine you use, deselect it: `python -m pytest -m "not intrusive"`."""
 import os
 import shutil
 import signal
@@ -12,7 +16,7 @@ import torch
 import yaml
 from conftest import REPO
 
-pytestmark = pytest.mark.runs_last
+pytestmark = [pytest.mark.runs_last, pytest.mark.intrusive]
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
 

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import pytest
+
 from m3d_condense.pipeline.cli import main
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

@@ -10,6 +10,7 @@ import time
 import fsspec
 import torch
 from conftest import REPO
+
 from m3d_condense.pipeline.cli import main
 from m3d_condense.pipeline.data import storage
 
@@ -71,3 +72,11 @@ def test_sigkilled_local_run_with_its_run_directory_on_s3_resumes_to_the_identic
     fs.invalidate_cache()
     assert [p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket}/killed/checkpoints")] == ["it0000040"]
     assert json.loads(fs.cat(run_json))["status"] == "finished"
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_does_not_refuse_the_corrected_command(tmp_path, capsys):
+    common = [f"out_dir={tmp_path}", "run_name=r", "eval.runs=0", "iterations=2", "diagnostics.moments=false"]
+    assert main(["digits", "ipc=100", *common]) == 2  # digits classes hold ~130 training images, not 400
+    assert "class 0 (0) has 133 images, 400 are needed" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "run.json").exists()
+    assert main(["digits", "ipc=1", *common]) == 0

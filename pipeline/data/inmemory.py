@@ -2,13 +2,24 @@
 ``ROOT/{train,test}.npz``. Large datasets go through the sharded layer instead."""
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from m3d_condense.pipeline.data.spec import LabeledImages
+from m3d_condense.pipeline.data import storage
+from m3d_condense.pipeline.data.labeled import LabeledImages
+from m3d_condense.pipeline.data.shards import resize_pixels
+from m3d_condense.pipeline.errors import RunError
+
+
+class DatasetNotFoundError(RunError, FileNotFoundError):
+    """``data.root`` is missing or holds no dataset this tool reads."""
+
+
+class ArraysError(RunError, ValueError):
+    """An npz dataset (or the built-in digits) that does not match the config; names the file and key."""
 
 
 def _digits(data_cfg, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -25,17 +36,19 @@ def _digits(data_cfg, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 def _npz(data_cfg, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if data_cfg.root is None:
-        raise ValueError("data.root is not set: give the folder that holds train.npz and test.npz (data.root=PATH)")
-    path = Path(str(data_cfg.root)).expanduser() / f"{split}.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (data.root={data_cfg.root} must hold {split}.npz)")
-    with np.load(path) as d:
+        raise DatasetNotFoundError("data.root is not set: give the folder that holds train.npz and test.npz (data.root=PATH)")
+    path = storage.join(str(data_cfg.root), f"{split}.npz")  # any fsspec URL: a path, s3://, gs://, ...
+    try:
+        raw = storage.read_bytes(path)
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"{path}: no such file (data.root={data_cfg.root} must hold {split}.npz)") from None
+    with np.load(io.BytesIO(raw)) as d:
         missing = {"x", "y", "class_names"} - set(d.files)
         if missing:
-            raise KeyError(f"{path}: missing arrays {sorted(missing)} (has {sorted(d.files)})")
+            raise ArraysError(f"{path}: missing arrays {sorted(missing)} (has {sorted(d.files)})")
         x, y, names = d["x"], d["y"], [str(n) for n in d["class_names"]]
     if x.dtype != np.uint8 or x.ndim != 4:
-        raise ValueError(f"{path}: 'x' must be uint8 (N, H, W, C), got {x.dtype} {x.shape}")
+        raise ArraysError(f"{path}: 'x' must be uint8 (N, H, W, C), got {x.dtype} {x.shape}")
     return x, y.astype(np.int64), names
 
 
@@ -47,23 +60,23 @@ def load_arrays(data_cfg, split: str, source: str | None = None) -> LabeledImage
     check it against the config: channel count, image size (resized when ``data.resize``), labels."""
     source = source or data_cfg.source
     if source not in SOURCES:
-        raise ValueError(f"unknown data.source {source!r}; choose one of {sorted(SOURCES)} or shards")
+        raise ArraysError(f"unknown data.source {source!r}; choose one of {sorted(SOURCES)} or shards")
     x, y, names = SOURCES[source](data_cfg, split)
     where = f"{source} {split} split" + (f" under {data_cfg.root}" if data_cfg.root else "")
     if x.shape[-1] != data_cfg.channels:
-        raise ValueError(f"{where}: images have {x.shape[-1]} channels, data.channels={data_cfg.channels}")
+        raise ArraysError(f"{where}: images have {x.shape[-1]} channels, data.channels={data_cfg.channels}")
     if len(names) != data_cfg.num_classes:
-        raise ValueError(f"{where}: {len(names)} class names, data.num_classes={data_cfg.num_classes}")
+        raise ArraysError(f"{where}: {len(names)} class names, data.num_classes={data_cfg.num_classes}")
     bad = (y < 0) | (y >= data_cfg.num_classes)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{where}: label {y[i]} at index {i} is outside 0..{data_cfg.num_classes - 1}")
+        raise ArraysError(f"{where}: label {y[i]} at index {i} is outside 0..{data_cfg.num_classes - 1}")
     images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()
     size = tuple(data_cfg.image_size)
     if tuple(images.shape[-2:]) != size:
         if not data_cfg.resize:
-            raise ValueError(f"{where}: images are {tuple(images.shape[-2:])}, data.image_size={list(size)} "
+            raise ArraysError(f"{where}: images are {tuple(images.shape[-2:])}, data.image_size={list(size)} "
                              "(set data.resize=true to resize)")
-        images = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-        images = images.round().clamp(0, 255).to(torch.uint8)
+        x = np.stack([resize_pixels(p, *size) for p in x])
+        images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     return LabeledImages(images, torch.from_numpy(y), names)

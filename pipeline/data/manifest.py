@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from m3d_condense.pipeline.data import storage
+from m3d_condense.pipeline.errors import RunError
 
 FILENAME = "manifest.parquet"
 FORMAT_VERSION = 1
@@ -23,7 +24,7 @@ SCHEMA = pa.schema([("split", pa.string()), ("class_index", pa.int32()), ("class
                     ("sha256", pa.string())])
 
 
-class ManifestError(ValueError):
+class ManifestError(RunError, ValueError):
     """The manifest is missing, unreadable, or disagrees with itself or with the config."""
 
 

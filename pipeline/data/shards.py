@@ -17,11 +17,12 @@ import numpy as np
 from PIL import Image
 
 from m3d_condense.pipeline.data import storage
+from m3d_condense.pipeline.errors import RunError
 
 IMAGE_EXTS = {"png": "png", "jpeg": "jpg", "jpg": "jpg"}
 
 
-class ShardError(ValueError):
+class ShardError(RunError, ValueError):
     """A shard (or a member of it) is missing, truncated, corrupt, or holds the wrong images."""
 
 
@@ -44,6 +45,15 @@ def encode_image(pixels: np.ndarray, image_format: str, quality: int = 90) -> by
     else:
         raise ValueError(f"unknown image format {image_format!r}; choose png or jpeg")
     return buf.getvalue()
+
+
+def resize_pixels(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 (H, W, C) -> uint8 (height, width, C) with PIL's bicubic filter: the one resizer of
+    the data layer, so a set read from npz with ``data.resize`` and the same set prepared into
+    shards with ``--size`` hold the same pixels."""
+    img = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    out = np.asarray(img.resize((width, height), Image.BICUBIC))
+    return out[..., None] if out.ndim == 2 else out
 
 
 def decode_image(data: bytes, where: str) -> np.ndarray:

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
+from m3d_condense.pipeline.errors import RunError
 
 ImageRef = Union[str, np.ndarray]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 TEST_DIRS = ("test", "val")  # ImageFolder: the evaluation split is test/ or val/, written as "test"
 
 
-class SourceError(ValueError):
+class SourceError(RunError, ValueError):
     """SOURCE is not in a format prepare reads, or is inconsistent; the message names the file."""
 
 

@@ -1,4 +1,5 @@
-"""A worker's real images grouped by class, with deterministic per-class sampling.
+"""A worker's class cache: its real images grouped by class, with deterministic per-class
+sampling. ``data.cache`` says where they sit (``dataset.cache_tier``).
 
 The batch for (seed, class, iteration) is a fixed random subset of the class's positions,
 drawn from ``generator(seed, "real", class, iteration)``: it is the same whichever worker
@@ -12,11 +13,16 @@ import torch
 from tqdm import tqdm
 
 from m3d_condense.pipeline.data.reader import ClassShardReader
-from m3d_condense.pipeline.data.spec import LabeledImages
+from m3d_condense.pipeline.data.labeled import LabeledImages
 from m3d_condense.pipeline.seeding import generator
+from m3d_condense.pipeline.errors import RunError
 
 
-class ClassPool:
+class ClassTooSmallError(RunError, ValueError):
+    """A class has fewer real images than the run needs from it."""
+
+
+class ClassCache:
     """The images of ``classes`` as one uint8 tensor (sum n_c, C, H, W), class-major, each class
     in dataset order, on ``device`` (the fast path) or in host memory (copied per batch)."""
 
@@ -38,7 +44,7 @@ class ClassPool:
             start += self.count[c]
 
     @classmethod
-    def from_labeled(cls, data: LabeledImages, classes: Sequence[int], device="cpu") -> "ClassPool":
+    def from_labeled(cls, data: LabeledImages, classes: Sequence[int], device="cpu") -> "ClassCache":
         classes = [int(c) for c in classes]
         keep = torch.isin(data.labels, torch.tensor(classes))
         labels = data.labels[keep]
@@ -52,7 +58,7 @@ class ClassPool:
 
     @classmethod
     def from_shards(cls, reader: ClassShardReader, split: str, classes: Sequence[int], device="cpu",
-                    store: torch.device | str | None = None, workers: int = 1, progress: bool = True) -> "ClassPool":
+                    store: torch.device | str | None = None, workers: int = 1, progress: bool = True) -> "ClassCache":
         """Decode each class once from its shards (in ``workers`` processes) into ``store``
         (default: ``device``)."""
         order = sorted(int(c) for c in classes)
@@ -75,7 +81,9 @@ class ClassPool:
 
     def _need(self, c: int, n: int) -> None:
         if self.count[c] < n:
-            raise ValueError(f"class {c} has {self.count[c]} images, {n} are needed")
+            name = f" ({self.class_names[c]})" if self.class_names else ""
+            raise ClassTooSmallError(f"class {c}{name} has {self.count[c]} images, {n} are needed (M3D's initial set "
+                                     "takes ipc x factor^2 of them, a baseline ipc): lower ipc or factor")
 
     def sample(self, classes: Sequence[int], batch: int, seed: int, iteration: int) -> torch.Tensor:
         """Real images for each class in ``classes``, class-major: (sum_c min(batch, n_c), C, H, W)
@@ -101,7 +109,7 @@ class ClassPool:
         return self.images_of(c, torch.randperm(self.count[c], generator=generator(seed, stream, c))[:n])
 
 
-class StreamingClassPool(ClassPool):
+class StreamingClassCache(ClassCache):
     """Same sampling, no cache: every batch is read from the shards (the path for classes that
     fit neither device nor host memory; slow, and measured in BENCHMARKS.md)."""
 

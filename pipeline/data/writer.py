@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.data.manifest import FILENAME, Manifest, ManifestError, ShardRow, read_manifest
-from m3d_condense.pipeline.data.shards import Sample, build_shard, encode_image
+from m3d_condense.pipeline.data.shards import Sample, build_shard, encode_image, resize_pixels
 from m3d_condense.pipeline.data.sources import ImageRef, Source, SourceError, SourceSplit, open_source, read_name_list
 
 FORMATS = ("auto", "png", "jpeg")
@@ -59,17 +59,18 @@ def load_pixels(ref: ImageRef, size: int | None, where: str) -> np.ndarray:
                 img = img.convert("RGB")
         except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
             raise SourceError(f"{ref}: not a decodable image ({type(e).__name__}: {e})") from None
+        pixels = np.asarray(img)
+        pixels = pixels[..., None] if pixels.ndim == 2 else pixels
     else:
-        img = Image.fromarray(ref[..., 0] if ref.shape[-1] == 1 else ref)
-    if size is not None and img.size != (size, size):
-        w, h = img.size
+        pixels = ref
+    h, w = pixels.shape[:2]
+    if size is not None and (h, w) != (size, size):
         scale = size / min(w, h)
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-        w, h = img.size
-        left, top = (w - size) // 2, (h - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    pixels = np.asarray(img)
-    return pixels[..., None] if pixels.ndim == 2 else pixels
+        pixels = resize_pixels(pixels, max(size, round(h * scale)), max(size, round(w * scale)))
+        h, w = pixels.shape[:2]
+        top, left = (h - size) // 2, (w - size) // 2
+        pixels = pixels[top:top + size, left:left + size]
+    return pixels
 
 
 def _format_for(refs: list[ImageRef], requested: str) -> str:
