@@ -211,3 +211,21 @@ def test_a_stale_ray_session_file_is_not_a_running_cluster(tmp_path, monkeypatch
         (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{listener.getsockname()[1]}\n")
         assert backend.ray_cluster_running(None)  # something answers there
     assert not backend.ray_cluster_running(None)  # the same file, nothing listening: stale
+
+
+def test_a_value_of_the_wrong_type_is_refused_naming_the_key(capsys):
+    assert main(["digits", "lr=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "'abc'" in err and "key lr" in err and "Traceback" not in err
+
+
+def test_an_unexpected_exception_keeps_its_traceback(monkeypatch, tmp_path):
+    """Only expected failures (RunError) become one line; a bug must not be hidden as one."""
+    from m3d_condense.pipeline import cli
+
+    def broken(cfg, progress=True):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "run_pipeline", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["digits", f"out_dir={tmp_path}"])

@@ -80,3 +80,21 @@ def test_a_run_that_fails_before_its_first_checkpoint_does_not_refuse_the_correc
     assert "class 0 (0) has 133 images, 400 are needed" in capsys.readouterr().err
     assert not (tmp_path / "r" / "run.json").exists()
     assert main(["digits", "ipc=1", *common]) == 0
+
+
+def test_a_run_json_from_before_a_key_was_added_resumes_while_the_key_keeps_its_default(tmp_path, capsys):
+    """Old run directories hold the condensation config of their day. A key the schema gained
+    since, at its default, means what the code did then: the run is accepted; set away from the
+    default, it is a different config and is refused naming it."""
+    args = _args(tmp_path, "old", "iterations=3", "eval.runs=0", "diagnostics.moments=false")
+    assert main(args) == 0
+    run_json = tmp_path / "old" / "run.json"
+    state = json.loads(run_json.read_text())
+    del state["condensation_config"]["augment"]["rotate_degrees"]  # as if written before the key existed
+    state["fingerprint"] = "0" * 16
+    run_json.write_text(json.dumps(state))
+    capsys.readouterr()
+    assert main([*args, "augment.rotate_degrees=30"]) == 2
+    assert "differs in: augment.rotate_degrees)" in capsys.readouterr().err
+    assert main([*args, "reevaluate=true"]) == 0  # at its default: accepted, and run.json takes the new fingerprint
+    assert json.loads(run_json.read_text())["fingerprint"] != "0" * 16
