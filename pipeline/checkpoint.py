@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -51,6 +52,12 @@ class RunState:
     slices: list[str] = field(default_factory=list)  # that checkpoint's files, relative to the run
     condense_seconds: float | None = None
     condense_it_per_s: float | None = None  # steady state: after the workers started
+    # Control plane: median seconds per driver sync beyond the slowest worker's compute; bytes
+    # of the last checkpoint (all slices); bytes the workers read to resume (0: a fresh start).
+    sync_overhead_s: float | None = None
+    checkpoint_bytes: int = 0
+    resume_read_bytes: int = 0
+    worker_restarts: int = 0  # actors Ray restarted during the last condensation loop
     loss_curve: list[list[float]] = field(default_factory=list)  # [iteration, mean loss]
 
     @classmethod
@@ -101,6 +108,8 @@ class RunStore:
 
     def __init__(self, run_url: str):
         self.url = str(run_url)
+        self.bytes_written = 0  # checkpoint slices this store wrote, and read (control-plane telemetry)
+        self.bytes_read = 0
 
     def path(self, rel: str) -> str:
         return storage.join(self.url, rel)
@@ -151,17 +160,26 @@ class RunStore:
         buf = io.BytesIO()
         torch.save(state, buf)
         storage.write_bytes_atomic(self.path(rel), buf.getvalue())
+        self.bytes_written += buf.getbuffer().nbytes
         return rel
 
     def load_slice(self, rel: str) -> dict[str, Any]:
-        return torch.load(io.BytesIO(storage.read_bytes(self.path(rel))), weights_only=True, map_location="cpu")
+        raw = storage.read_bytes(self.path(rel))
+        self.bytes_read += len(raw)
+        return torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
 
     def restore(self, state: RunState, classes: list[int]) -> dict[str, Any]:
         """The state of ``classes`` at the run's checkpoint, gathered from its slices: images and
-        momentum rows in class order, and the loss history of those classes."""
+        momentum rows in class order, and the loss history of those classes. Only the slices
+        whose class range (in their names) meets ``classes`` are read, so a worker reads about its
+        share of a checkpoint, also when the run resumes with another number of workers."""
         rows_img, rows_mom, cols, found = {}, {}, {}, set()
         times = None
+        wanted = set(classes)
         for rel in state.slices:
+            first, last = slice_classes(rel)
+            if not wanted.intersection(range(first, last + 1)):
+                continue
             sl = self.load_slice(rel)
             per = len(sl["images"]) // len(sl["classes"])
             for i, c in enumerate(sl["classes"]):
@@ -191,3 +209,14 @@ class RunStore:
 
 def _checkpoint_dir(iteration: int) -> str:
     return f"{CHECKPOINTS}/it{iteration:07d}"
+
+
+SLICE_NAME = re.compile(r"classes-(\d+)-(\d+)\.pt$")
+
+
+def slice_classes(rel: str) -> tuple[int, int]:
+    """The first and last class a checkpoint slice holds, from its name (``save_slice``)."""
+    m = SLICE_NAME.search(rel)
+    if m is None:
+        raise ResumeError(f"{rel}: not a checkpoint slice name (classes-FIRST-LAST.pt)")
+    return int(m.group(1)), int(m.group(2))

@@ -147,6 +147,9 @@ class RayConfig:
     eval_cpus: float = operational(1.0)  # CPUs per evaluation task
     eval_gpus: float = operational(1.0)  # GPUs per evaluation task when the cluster has GPUs (0.5: two share one)
     max_restarts: int = operational(3)  # a dead actor is restarted this often; each restart reloads its checkpoint
+    # A worker whose node was lost: how long Ray may take to place it again before the run fails
+    # naming the resources it needs (autoscaling clusters: the time to bring up a node)
+    restart_wait_s: float = operational(300.0)
     wait_for_gpus_s: float = operational(0.0)  # device=cuda: wait this long for GPU nodes (autoscaling) before failing
 
     def __post_init__(self) -> None:

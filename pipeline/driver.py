@@ -32,6 +32,7 @@ from m3d_condense.pipeline.diagnostics import moment_report
 from m3d_condense.pipeline.engine import initial_images
 from m3d_condense.pipeline.evaluate import EvalResult, eval_epochs, train_and_test
 from m3d_condense.pipeline.logs import log
+from m3d_condense.pipeline.memory import peak_rss_bytes
 from m3d_condense.pipeline.report import write_run_report
 from m3d_condense.pipeline.seeding import derive_seed
 from m3d_condense.pipeline.worker import pick_device
@@ -77,6 +78,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     if cfg.eval.runs > 0:
         summary["evals"], curves = evaluate_set(cfg, images, labels, backend, device, progress)
         summary["eval"] = summary["evals"][0]
+    summary["driver_peak_bytes"] = peak_rss_bytes()  # the head node's share of the run, watched at scale
     write_outputs(run_url, summary, stored, images, labels, curves)
     store.record_finished(state)
     log.info(f"wrote {run_url}")
@@ -128,14 +130,21 @@ def condense(cfg: RunConfig, store: RunStore, state: RunState, backend: str, wor
                  + (f"; resumed at iteration {t}" if t else ""))
         for warning in (w for info in infos for w in info.get("warnings", [])):
             log.warning(warning)
+        if t:
+            state.resume_read_bytes = sum(i["restored_bytes"] for i in infos)
+            log.info(f"the workers read {state.resume_read_bytes / 2**20:.1f} MiB of checkpoint slices to resume")
+        overheads = []
         bar = tqdm(total=cfg.iterations, initial=t, desc=f"condense ({len(splits)} workers)", unit="it",
                    disable=not progress, dynamic_ncols=True, mininterval=1.0)
         loop_start, loop_from = time.perf_counter(), t
         with bar:
             while t < cfg.iterations:
                 target, checkpoint = _next_stop(t, cfg)
+                sync_start = time.perf_counter()
                 results = group.call("run_until", target, checkpoint)
+                overheads.append(time.perf_counter() - sync_start - max(r["seconds"] for r in results))
                 if checkpoint:
+                    state.checkpoint_bytes = sum(r["checkpoint_bytes"] for r in results)
                     store.record_checkpoint(state, target, [r["checkpoint"] for r in results])
                 bar.update(target - t)
                 losses = [r["loss"] for r in results if r["loss"] is not None]
@@ -143,7 +152,13 @@ def condense(cfg: RunConfig, store: RunStore, state: RunState, backend: str, wor
                     bar.set_postfix(mmd2=f"{statistics.fmean(losses):.4g}")
                 t = target
         loop_seconds = time.perf_counter() - loop_start
-        states = group.call("state")
+        state.sync_overhead_s = statistics.median(overheads) if overheads else None
+        states = group.call("result")
+        # An actor that Ray restarted mid-run (its process or its node died) restored itself from
+        # a checkpoint written after this loop began.
+        state.worker_restarts = sum(s["restored_from"] > loop_from for s in states)
+        if state.worker_restarts:
+            log.info(f"{state.worker_restarts} worker(s) were restarted by Ray and continued from a checkpoint")
     finally:
         group.stop()
     history = [(tt, [v for s in states for v in s["losses"][k].tolist()]) for k, tt in enumerate(states[0]["times"])]
@@ -182,20 +197,20 @@ def evaluate_set(cfg: RunConfig, images: torch.Tensor, labels: torch.Tensor, bac
                  progress: bool) -> tuple[list[dict], dict]:
     """``eval.runs`` networks of each of ``eval.archs`` trained on ``images`` (decoded, in [0, 1])
     and tested on the real test split. Returns one record per architecture and the test curves."""
-    test = load_split(cfg.data, "test")
     jobs = [{"arch": a, "run": r, "seed": derive_seed(cfg.seed, "eval-run", r)}
             for a in cfg.eval.archs for r in range(cfg.eval.runs)]
-    if backend == "ray":
+    if backend == "ray":  # each task reads the test split on its own node
         from m3d_condense.pipeline.ray_backend import evaluate_remote
 
         log.info(f"evaluating: {len(jobs)} Ray tasks")
-        results, placements = evaluate_remote(jobs, images, labels, test, cfg)
+        results, placements = evaluate_remote(jobs, images, labels, cfg)
         for p in placements:
             if p["warning"]:
                 log.warning(p["warning"])
         where = [f"; {p['resources']['GPU']:g} of GPU {','.join(p['gpu_ids'])}" if p["gpu_ids"] else ""
                  for p in placements]
     else:
+        test = load_split(cfg.data, "test")
         results = [train_and_test(images, labels, test, j["arch"], cfg, j["seed"], device, progress=progress)
                    for j in jobs]
         where = [""] * len(jobs)
@@ -232,6 +247,8 @@ def summarize(cfg: RunConfig, state: RunState, stored: StoredSet, backend: str, 
             "backend": backend, "workers": workers, "train_images": train_images,
             "condense_seconds": state.condense_seconds,
             "condense_it_per_s": state.condense_it_per_s,  # steady state: after workers started
+            "sync_overhead_s": state.sync_overhead_s, "checkpoint_bytes": state.checkpoint_bytes,
+            "resume_read_bytes": state.resume_read_bytes, "worker_restarts": state.worker_restarts,
             "final_loss": statistics.fmean(history[-1][1]) if history else None,
             "loss_curve": state.loss_curve}
 

@@ -59,6 +59,19 @@ def free_bytes(device: torch.device) -> int:
         return 1 << 62  # unknown: do not refuse
 
 
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory since it started its program (VmHWM; unlike
+    ru_maxrss it does not count what a forking parent held before exec), None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 class MemoryBudgetError(RunError, RuntimeError):
     """A configuration that cannot fit on its device; the message gives the numbers."""
 

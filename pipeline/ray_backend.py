@@ -90,7 +90,7 @@ class RayWorkers:
         remote = ray.remote(ClassWorker).options(
             **res, max_restarts=cfg.ray.max_restarts, max_task_retries=cfg.ray.max_restarts,
             scheduling_strategy="SPREAD")
-        self.splits = splits
+        self.splits, self.resources, self.restart_wait_s = splits, res, cfg.ray.restart_wait_s
         self.actors = [remote.remote(cfg, s, run_url, f"worker {i}") for i, s in enumerate(splits)]
 
     def call(self, method: str, *args) -> list[Any]:
@@ -100,7 +100,7 @@ class RayWorkers:
         out = []
         for i, ref in enumerate(refs):
             try:
-                out.append(ray.get(ref))
+                out.append(self._get(i, ref, method, args))
             except ray.exceptions.RayTaskError as e:
                 raise WorkerError(f"worker {i} (classes {_span(self.splits[i])}) failed: {_task_failure(e)}") from None
             except ray.exceptions.RayActorError as e:
@@ -109,6 +109,38 @@ class RayWorkers:
                 raise WorkerError(f"worker {i} (classes {_span(self.splits[i])}) died and was restarted "
                                   f"ray.max_restarts times; last error: {_last_error(e)}") from None
         return out
+
+    def _get(self, i: int, ref, method: str, args: tuple) -> Any:
+        """The result of ``ref``. When the actor's node or process is gone, Ray restarts it
+        elsewhere (it reloads its last checkpoint), but calls fail as "unavailable" until the
+        cluster has noticed and placed it, which can outlast Ray's own retries: wait for it to
+        answer again, up to ``ray.restart_wait_s``, then repeat the call (every worker method is
+        idempotent: ``run_until`` steps to an iteration, not by a count)."""
+        import ray
+
+        while True:
+            try:
+                return ray.get(ref)
+            except ray.exceptions.ActorUnavailableError:
+                self._wait_until_placed(i)
+                ref = getattr(self.actors[i], method).remote(*args)
+
+    def _wait_until_placed(self, i: int) -> None:
+        import ray
+
+        deadline = time.monotonic() + self.restart_wait_s
+        while True:
+            try:
+                ray.get(self.actors[i].info.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                if time.monotonic() >= deadline:
+                    raise ResourceError(
+                        f"worker {i} (classes {_span(self.splits[i])}) lost its node and Ray could not place it again "
+                        f"within ray.restart_wait_s={self.restart_wait_s:g} s: it needs {self.resources}, the cluster "
+                        f"has {ray.available_resources()} free; add a node, or rerun with fewer workers (the run "
+                        "resumes from its last checkpoint)") from None
+                time.sleep(1.0)
 
     def stop(self) -> None:
         import ray
@@ -138,10 +170,11 @@ def _span(classes: list[int]) -> str:
     return f"{classes[0]}..{classes[-1]}" if len(classes) > 1 else str(classes[0])
 
 
-def evaluate_remote(jobs: list[dict], images, labels, test, cfg: RunConfig) -> tuple[list, list[dict]]:
+def evaluate_remote(jobs: list[dict], images, labels, cfg: RunConfig) -> tuple[list, list[dict]]:
     """Run ``train_and_test`` for each job as a Ray task, holding ``ray.eval_gpus`` of a GPU
-    each when the cluster has GPUs (and device is not cpu). Returns the results and, per
-    job, what it held: ``{"gpu_ids", "resources", "warning"}``."""
+    each when the cluster has GPUs (and device is not cpu). Each task reads the test split on
+    its own node (``load_split_here``); only the synthetic set travels from the driver. Returns
+    the results and, per job, what it held: ``{"gpu_ids", "resources", "warning"}``."""
     import ray
 
     share = float(cfg.ray.eval_gpus)
@@ -152,8 +185,8 @@ def evaluate_remote(jobs: list[dict], images, labels, test, cfg: RunConfig) -> t
                             f"{gpus:g}{_waited(wait)}; set device=cpu or device=auto")
     gpu = cfg.device != "cpu" and gpus >= share
     task = ray.remote(_evaluate_one).options(num_cpus=cfg.ray.eval_cpus, num_gpus=share if gpu else 0)
-    refs = dict(images=ray.put(images), labels=ray.put(labels), test=ray.put(test))
-    futures = [task.remote(refs["images"], refs["labels"], refs["test"], j["arch"], cfg, j["seed"],
+    refs = dict(images=ray.put(images), labels=ray.put(labels))
+    futures = [task.remote(refs["images"], refs["labels"], j["arch"], cfg, j["seed"],
                            f"evaluation {j['arch']} run {j['run'] + 1}") for j in jobs]
     out = []
     for j, ref in zip(jobs, futures, strict=True):
@@ -166,9 +199,10 @@ def evaluate_remote(jobs: list[dict], images, labels, test, cfg: RunConfig) -> t
     return [r for r, _ in out], [p for _, p in out]
 
 
-def _evaluate_one(images, labels, test, arch, cfg, seed, who):
+def _evaluate_one(images, labels, arch, cfg, seed, who):
     import ray
 
+    from m3d_condense.pipeline.data.dataset import load_split_here
     from m3d_condense.pipeline.evaluate import train_and_test
     from m3d_condense.pipeline.logs import log, setup_logging
     from m3d_condense.pipeline.worker import check_assigned_gpus, pick_device, ray_gpu_ids
@@ -177,6 +211,7 @@ def _evaluate_one(images, labels, test, arch, cfg, seed, who):
     warning = check_assigned_gpus(cfg.device, who)
     if warning:  # now, for whoever follows the logs; the driver repeats it with the result
         log.warning(warning)
+    test = load_split_here(cfg.data, "test")
     result = train_and_test(images, labels, test, arch, cfg, seed, pick_device(cfg.device), progress=False)
     return result, {"gpu_ids": ray_gpu_ids(), "warning": warning,
                     "resources": ray.get_runtime_context().get_assigned_resources()}

@@ -105,6 +105,7 @@ class ClassWorker:
 
     def info(self) -> dict:
         return {"classes": self.classes, "iteration": self.condenser.iteration, "restored_from": self.restored_from,
+                "restored_bytes": self.store.bytes_read,
                 "device": str(self.device), "pid": os.getpid(), "host": os.uname().nodename, "node": _node_id(),
                 "class_names": self.condenser.cache.class_names, "where": where(), "gpu_ids": ray_gpu_ids(),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "warnings": self.warnings}
@@ -113,17 +114,24 @@ class ClassWorker:
         """Step to iteration ``target``; write this slice's checkpoint there if ``checkpoint``.
         Returns the iteration reached, the checkpoint's path (or None), the mean loss last
         logged and the seconds spent."""
-        start = time.perf_counter()
+        start, written = time.perf_counter(), self.store.bytes_written
         history = condense(self.condenser, target, self.cfg.log_every, last=self.cfg.iterations)
         for t, losses in history:
             self.times.append(t)
             self.losses.append(torch.tensor(losses))
         rel = self.save() if checkpoint else None
         return {"iteration": self.condenser.iteration, "checkpoint": rel, "seconds": time.perf_counter() - start,
+                "checkpoint_bytes": self.store.bytes_written - written,
                 "loss": sum(history[-1][1]) / len(history[-1][1]) if history else None}
 
     def save(self) -> str:
         return self.store.save_slice(self.condenser.iteration, self.classes, self.state())
+
+    def result(self) -> dict:
+        """What the driver merges at the end: the images and the loss history (not the momentum,
+        which is as large as the images and only a checkpoint needs)."""
+        state = self.state()
+        return {**{k: state[k] for k in ("classes", "images", "times", "losses")}, "restored_from": self.restored_from}
 
     def state(self) -> dict:
         """The condenser's state plus the loss history of this worker's classes: what a

@@ -189,3 +189,82 @@ def test_workers_spread_over_the_nodes_of_a_multi_node_cluster_give_the_same_set
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_evaluation_tasks_read_the_test_split_themselves_so_the_driver_does_not_grow_with_it(ray_head, tmp_path):
+    """The driver's peak memory with a 60k-image test split (45 MiB of uint8, MNIST-sized) is that
+    with a 2k-image one: it never loads the split (it used to hold it about three times over)."""
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    peaks = {}
+    for n_test in (2000, 60000):
+        root = tmp_path / f"mnist{n_test}"
+        write_npz(root, "train", synthetic_classes(num_classes=10, per_class=8, size=28, channels=1))
+        np.savez(root / "test.npz", x=g.integers(0, 256, (n_test, 28, 28, 1), dtype=np.uint8),
+                 y=g.integers(0, 10, n_test), class_names=np.array([f"class{c}" for c in range(10)]))
+        cmd = [sys.executable, str(REPO / "pipeline" / "run.py"), "mnist", f"data.root={root}", f"out_dir={tmp_path}",
+               f"run_name=m{n_test}", "ipc=1", "iterations=2", "batch_real=8", "encoder.width=16", "eval.runs=1",
+               "eval.epochs=1", "diagnostics.moments=false", "device=cpu", *_ray(ray_head[0], 1)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **RAY_ENV}, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads((tmp_path / f"m{n_test}" / "summary.json").read_text())
+        assert summary["backend"] == "ray" and len(summary["eval"]["runs"]) == 1
+        peaks[n_test] = summary["driver_peak_bytes"] / 2**20
+    assert peaks[60000] - peaks[2000] < 15, peaks  # the split is 45 MiB; held three times it added ~135
+
+
+def test_losing_a_whole_node_mid_run_ends_with_the_same_synthetic_set(tmp_path, uninterrupted):
+    """A spot node goes away with its actor: Ray restarts the actor on a node that is left, it
+    reloads its slice of the last checkpoint, and the run ends as if nothing happened."""
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.state import list_actors
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
+        cluster.wait_for_nodes()
+        proc = subprocess.Popen(_cmd(tmp_path, "n", cluster.address, "iterations=60", "checkpoint_every=10"),
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, **RAY_ENV})
+        _wait_for_checkpoint(tmp_path / "n", 10, proc)
+        actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], address=cluster.address)
+                  if a.class_name == "ClassWorker"]
+        (lost,) = [n for n in nodes if n.node_id == actors[0].node_id]
+        cluster.remove_node(lost, allow_graceful=False)  # the node and every process on it, at once
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        summary = json.loads((tmp_path / "n" / "summary.json").read_text())
+        assert summary["worker_restarts"] >= 1, err  # restored from a checkpoint, not recomputed from scratch
+        assert torch.equal(_synthetic(tmp_path, "n"), uninterrupted)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_a_worker_whose_lost_node_cannot_be_replaced_fails_naming_what_it_needs(tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.state import list_actors
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        cmd = _cmd(tmp_path, "p", cluster.address, "iterations=60", "checkpoint_every=10", "ray.worker_cpus=1",
+                   "ray.restart_wait_s=5")
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, **RAY_ENV})
+        _wait_for_checkpoint(tmp_path / "p", 10, proc)
+        actor = next(a for a in list_actors(filters=[("state", "=", "ALIVE")], address=cluster.address)
+                     if a.class_name == "ClassWorker")
+        cluster.remove_node(next(n for n in nodes if n.node_id == actor.node_id), allow_graceful=False)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, err
+        assert "lost its node and Ray could not place it again within ray.restart_wait_s=5 s" in err
+        assert "'num_cpus': 1" in err and "rerun with fewer workers" in err
+        assert json.loads((tmp_path / "p" / "run.json").read_text())["iteration"] >= 10  # resumable
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

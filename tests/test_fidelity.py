@@ -220,3 +220,12 @@ def test_crop_shift_is_exact_with_the_released_pixel_grid():
     out = augment(x, u, torch.tensor([0]), AugmentSpec(color=False, cutout=False))
     assert _integer_shift(x[0], out[0], 1) == (-1, 1)  # so the content moves up one row and right one column
     assert math.isclose(float(out[0, 0, 0, 1]), float(x[0, 0, 1, 0]), abs_tol=1e-4)
+
+
+def test_imagenet1k_evaluates_a_resnet18_from_scratch_with_idc_imagenet_recipe_scaled_to_1000_classes():
+    cfg = load_config("imagenet1k")
+    e = cfg.eval
+    assert e.archs == ["resnet18"] and e.recipe == "imagenet" and e.cutmix_prob == 1.0
+    assert (e.lr, e.weight_decay, e.batch_size) == (0.1, 1e-4, 128)
+    assert eval_epochs(cfg, cfg.ipc * cfg.factor**2) == 1000  # IDC's table at 90 images per class, no 2/3 cut
+    assert (cfg.encoder.arch, cfg.factor, cfg.lr, cfg.batch_real, cfg.data.num_classes) == ("resnetap10", 3, 0.1, 128, 1000)

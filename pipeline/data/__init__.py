@@ -8,12 +8,12 @@
   class_cache  a worker's real images by class (device, host or streamed: ``data.cache``)
   labeled      labelled images in memory
 """
-from m3d_condense.pipeline.data.dataset import load_split, open_class_cache, resolve_dataset, source_of
-from m3d_condense.pipeline.data.manifest import Manifest, ManifestError, read_manifest
 from m3d_condense.pipeline.data.class_cache import ClassCache, StreamingClassCache
+from m3d_condense.pipeline.data.dataset import load_split, open_class_cache, resolve_dataset, source_of
+from m3d_condense.pipeline.data.labeled import LabeledImages
+from m3d_condense.pipeline.data.manifest import Manifest, ManifestError, read_manifest
 from m3d_condense.pipeline.data.reader import ClassShardReader
 from m3d_condense.pipeline.data.shards import ShardError
-from m3d_condense.pipeline.data.labeled import LabeledImages
 from m3d_condense.pipeline.data.storage import StorageError
 
 __all__ = ["ClassCache", "ClassShardReader", "LabeledImages", "Manifest", "ManifestError", "ShardError",

@@ -12,10 +12,10 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from m3d_condense.pipeline.data.reader import ClassShardReader
 from m3d_condense.pipeline.data.labeled import LabeledImages
-from m3d_condense.pipeline.seeding import generator
+from m3d_condense.pipeline.data.reader import ClassShardReader
 from m3d_condense.pipeline.errors import RunError
+from m3d_condense.pipeline.seeding import generator
 
 
 class ClassTooSmallError(RunError, ValueError):

@@ -2,18 +2,21 @@
 ``data.root``), checked against the config; its test split; and each worker's class cache."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import tempfile
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from m3d_condense.pipeline.data import storage
-from m3d_condense.pipeline.data.inmemory import DatasetNotFoundError, load_arrays
-from m3d_condense.pipeline.data.manifest import FILENAME, Manifest, ManifestError, read_manifest
 from m3d_condense.pipeline.data.class_cache import ClassCache, StreamingClassCache
-from m3d_condense.pipeline.data.reader import ClassShardReader
+from m3d_condense.pipeline.data.inmemory import DatasetNotFoundError, load_arrays
 from m3d_condense.pipeline.data.labeled import LabeledImages, class_major_labels
-from m3d_condense.pipeline.errors import RunError
+from m3d_condense.pipeline.data.manifest import FILENAME, Manifest, ManifestError, read_manifest
+from m3d_condense.pipeline.data.reader import ClassShardReader
 
 if TYPE_CHECKING:
     from m3d_condense.pipeline.config import DataConfig
@@ -43,6 +46,8 @@ def resolve_dataset(data_cfg: DataConfig) -> Manifest | None:
     the manifest (None for in-memory sources, and when no ``data.root`` is given yet)."""
     if data_cfg.root is None:
         return None  # opening the data will say that data.root is needed (digits needs none)
+    if "://" not in str(data_cfg.root):  # a local path: absolute, so Ray workers with another cwd find it
+        data_cfg.root = os.path.abspath(os.path.expanduser(str(data_cfg.root)))
     data_cfg.source = source = source_of(data_cfg)
     if source != "shards":
         return None
@@ -79,6 +84,35 @@ def load_split(data_cfg: DataConfig, split: str) -> LabeledImages:
     images = [x for _, x in reader.read_classes(split, range(m.num_classes), read_workers(data_cfg, n))]
     labels = class_major_labels(range(m.num_classes), [len(x) for x in images])
     return LabeledImages(torch.cat(images), labels, m.class_names)
+
+
+_SPLITS: dict[str, LabeledImages] = {}  # this process's splits, by node cache key
+
+
+def load_split_here(data_cfg: DataConfig, split: str) -> LabeledImages:
+    """``load_split`` for an evaluation task on its own node: read once per process and, for a
+    prepared dataset, decoded once per node into a file under the temp folder that the node's
+    other processes load (keyed by the split's shard hashes, so a changed dataset is re-read).
+    The driver never holds the split, whatever its size."""
+    if source_of(data_cfg) != "shards":
+        return load_split(data_cfg, split)
+    m = read_manifest(data_cfg.root)
+    rows = sorted((r.class_index, r.shard, r.sha256) for r in m.rows if r.split == split)
+    key = hashlib.sha256(json.dumps([str(data_cfg.root), split, rows]).encode()).hexdigest()[:24]
+    if key not in _SPLITS:
+        path = os.path.join(tempfile.gettempdir(), "m3d_condense", "splits", f"{key}.npz")
+        try:
+            with np.load(path) as f:
+                _SPLITS[key] = LabeledImages(torch.from_numpy(f["images"]), torch.from_numpy(f["labels"]),
+                                             [str(n) for n in f["class_names"]])
+        except (OSError, ValueError, KeyError):  # not cached on this node yet (or a torn file): decode
+            _SPLITS[key] = split_data = load_split(data_cfg, split)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp.npz"
+            np.savez(tmp, images=split_data.images.numpy(), labels=split_data.labels.numpy(),
+                     class_names=np.array(split_data.class_names))
+            os.replace(tmp, path)  # atomic: another process sees all of it or nothing
+    return _SPLITS[key]
 
 
 def cache_tier(data_cfg: DataConfig, nbytes: int, device: torch.device) -> str:

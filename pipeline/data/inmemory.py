@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.data.labeled import LabeledImages

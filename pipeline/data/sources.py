@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
+
 from m3d_condense.pipeline.errors import RunError
 
 ImageRef = Union[str, np.ndarray]
