@@ -19,8 +19,13 @@ from m3d_condense.pipeline.worker import ClassWorker
 
 
 class WorkerGroup(Protocol):
+    splits: list[list[int]]  # the classes of each worker, in worker order
+
     def call(self, method: str, *args: Any) -> list[Any]:
         """``ClassWorker.<method>(*args)`` on every worker; results in worker order."""
+
+    def call_each(self, method: str, args: list[tuple]) -> list[Any]:
+        """``ClassWorker.<method>(*args[i])`` on worker i; results in worker order."""
 
     def stop(self) -> None:
         """Release the workers."""
@@ -30,10 +35,14 @@ class LocalWorkers:
     """The in-process backend: the same ClassWorker, called directly."""
 
     def __init__(self, cfg: RunConfig, splits: list[list[int]], run_url: str):
+        self.splits = splits
         self.workers = [ClassWorker(cfg, s, run_url) for s in splits]
 
     def call(self, method: str, *args: Any) -> list[Any]:
-        return [getattr(w, method)(*args) for w in self.workers]
+        return self.call_each(method, [args] * len(self.workers))
+
+    def call_each(self, method: str, args: list[tuple]) -> list[Any]:
+        return [getattr(w, method)(*a) for w, a in zip(self.workers, args, strict=True)]
 
     def stop(self) -> None:
         self.workers = []

@@ -1,9 +1,11 @@
 """The driver: a run as four stages over the state ``RunStore`` keeps in run.json.
 
-  synthesize  M3D condenses on the workers, resuming from the last complete checkpoint, or a
-              baseline selects real images; synthetic.pt is written and run.json says
-              "condensed". A rerun skips this stage once the run has condensed.
-  diagnose    moment gaps of the set to the real data (``diagnostics.moments``).
+  synthesize  M3D condenses on the workers, resuming from the last complete checkpoint, or the
+              random/herding baseline selects real images on the workers, each from its own
+              classes; synthetic.pt is written and run.json says "condensed". A rerun skips
+              this stage once the run has condensed.
+  diagnose    moment gaps of the set to the real data (``diagnostics.moments``), computed by the
+              workers, where the real images are.
   evaluate    networks trained from scratch on the decoded set (``eval.*``), in this process
               or as Ray tasks.
   write       grid.png, curves.png, summary.json and report.html; run.json says "finished".
@@ -23,13 +25,11 @@ from tqdm.auto import tqdm
 
 from m3d_condense.models import decode
 from m3d_condense.pipeline import outputs
-from m3d_condense.pipeline.backend import resolve_backend, split_classes, start_workers
+from m3d_condense.pipeline.backend import WorkerGroup, resolve_backend, split_classes, start_workers
 from m3d_condense.pipeline.baselines import select_real
 from m3d_condense.pipeline.checkpoint import RunState, RunStore, Status
 from m3d_condense.pipeline.config import RunConfig
-from m3d_condense.pipeline.data import ClassCache, load_split, open_class_cache, storage
-from m3d_condense.pipeline.diagnostics import moment_report
-from m3d_condense.pipeline.engine import initial_images
+from m3d_condense.pipeline.data import load_split, open_class_cache, storage
 from m3d_condense.pipeline.evaluate import EvalResult, eval_epochs, train_and_test
 from m3d_condense.pipeline.logs import log
 from m3d_condense.pipeline.memory import peak_rss_bytes
@@ -65,15 +65,21 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     outputs.write_config(storage.join(run_url, "config.yaml"), cfg)
     log.info(f"{cfg.preset}: method={cfg.method} kernel={cfg.kernel} ipc={cfg.ipc} factor={cfg.factor} -> {run_url}")
     backend, workers = resolve_backend(cfg)
-    # Driver-side work (baselines, in-process evaluation) runs here; under Ray the GPUs belong
-    # to the actors and tasks, and the head node may have none.
+    # Driver-side work (the whole-set baseline, in-process evaluation) runs here; under Ray the
+    # GPUs belong to the actors and tasks, and the head node may have none.
     device = pick_device(cfg.device) if backend == "local" else torch.device("cpu")
 
-    stored = synthesize(cfg, store, state, backend, workers, device, progress)
-    images, labels = stored.decoded()
-    summary = summarize(cfg, state, stored, backend, workers, len(images))
-    if cfg.diagnostics.moments and cfg.method != "whole":  # the whole set is the reference itself
-        summary["moments"] = diagnose(cfg, images, labels, device)
+    group: WorkerGroup | None = None  # the workers, once started: they hold the real images
+    try:
+        stored, group = synthesize(cfg, store, state, backend, workers, device, progress)
+        images, labels = stored.decoded()
+        summary = summarize(cfg, state, stored, backend, workers, len(images))
+        if cfg.diagnostics.moments and cfg.method != "whole":  # the whole set is the reference itself
+            group = group or start_workers(cfg, backend, split_classes(cfg.data.num_classes, workers), store.url)
+            summary["moments"] = diagnose(cfg, group, images, labels)
+    finally:
+        if group is not None:
+            group.stop()
     curves: dict = {}
     if cfg.eval.runs > 0:
         summary["evals"], curves = evaluate_set(cfg, images, labels, backend, device, progress)
@@ -87,24 +93,29 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
 
 # synthesize --------------------------------------------------------------------------------
 def synthesize(cfg: RunConfig, store: RunStore, state: RunState, backend: str, workers: int,
-               device: torch.device, progress: bool) -> StoredSet:
-    """The run's set: read back if the run has condensed, else condensed or selected and saved."""
+               device: torch.device, progress: bool) -> tuple[StoredSet, WorkerGroup | None]:
+    """The run's set: read back if the run has condensed, else condensed (M3D) or selected (random,
+    herding) by the workers, each on its own classes, or the whole training set read here; saved.
+    Also returns the workers it started (the caller stops them), None if it started none."""
     synthetic_url = store.path("synthetic.pt")
     if state.status in (Status.condensed, Status.finished) and cfg.method != "whole":  # whole: not stored, re-read
         syn = outputs.load_synthetic(synthetic_url)
         log.info(f"condensed earlier; evaluating {synthetic_url}")
         return StoredSet(syn["images"], syn["labels"], syn["factor"], syn["class_names"],
-                         [(int(t), [v]) for t, v in state.loss_curve])
-    start = time.perf_counter()
-    if cfg.method == "m3d":
-        stored, it_per_s = condense(cfg, store, state, backend, workers, progress)
+                         [(int(t), [v]) for t, v in state.loss_curve]), None
+    start, it_per_s, group = time.perf_counter(), None, None
+    if cfg.method == "whole":
+        stored = whole_set(cfg, device, progress)
     else:
-        stored, it_per_s = select(cfg, device, progress), None
-    if cfg.method != "whole":  # the training set itself is not worth a copy
+        group = start_workers(cfg, backend, split_classes(cfg.data.num_classes, workers), store.url)
+        if cfg.method == "m3d":
+            stored, it_per_s = condense(cfg, store, state, group, progress)
+        else:
+            stored = select(group)
         outputs.save_synthetic(synthetic_url, stored.images, stored.labels, stored.factor, stored.class_names)
     store.record_condensed(state, time.perf_counter() - start, it_per_s,
                            [[t, statistics.fmean(v)] for t, v in stored.history])
-    return stored
+    return stored, group
 
 
 def _next_stop(t: int, cfg: RunConfig) -> tuple[int, bool]:
@@ -116,59 +127,64 @@ def _next_stop(t: int, cfg: RunConfig) -> tuple[int, bool]:
     return sync, (every > 0 and sync % every == 0) or sync == cfg.iterations
 
 
-def condense(cfg: RunConfig, store: RunStore, state: RunState, backend: str, workers: int,
+def condense(cfg: RunConfig, store: RunStore, state: RunState, group: WorkerGroup,
              progress: bool) -> tuple[StoredSet, float | None]:
     """Step the workers in lockstep to cfg.iterations from the run's last checkpoint, record
     complete checkpoints, and merge the slices. Returns the set and the steady-state it/s."""
-    splits = split_classes(cfg.data.num_classes, workers)
-    group = start_workers(cfg, backend, splits, store.url)
-    try:
-        infos = group.call("info")
-        t = min(i["iteration"] for i in infos)
-        nodes, devices = {i["node"] for i in infos}, sorted({i["device"] for i in infos})
-        log.info(f"{len(splits)} worker(s) on {len(nodes)} node(s), {'/'.join(devices)}"
-                 + (f"; resumed at iteration {t}" if t else ""))
-        for warning in (w for info in infos for w in info.get("warnings", [])):
-            log.warning(warning)
-        if t:
-            state.resume_read_bytes = sum(i["restored_bytes"] for i in infos)
-            log.info(f"the workers read {state.resume_read_bytes / 2**20:.1f} MiB of checkpoint slices to resume")
-        overheads = []
-        bar = tqdm(total=cfg.iterations, initial=t, desc=f"condense ({len(splits)} workers)", unit="it",
-                   disable=not progress, dynamic_ncols=True, mininterval=1.0)
-        loop_start, loop_from = time.perf_counter(), t
-        with bar:
-            while t < cfg.iterations:
-                target, checkpoint = _next_stop(t, cfg)
-                sync_start = time.perf_counter()
-                results = group.call("run_until", target, checkpoint)
-                overheads.append(time.perf_counter() - sync_start - max(r["seconds"] for r in results))
-                if checkpoint:
-                    state.checkpoint_bytes = sum(r["checkpoint_bytes"] for r in results)
-                    store.record_checkpoint(state, target, [r["checkpoint"] for r in results])
-                bar.update(target - t)
-                losses = [r["loss"] for r in results if r["loss"] is not None]
-                if losses:
-                    bar.set_postfix(mmd2=f"{statistics.fmean(losses):.4g}")
-                t = target
-        loop_seconds = time.perf_counter() - loop_start
-        state.sync_overhead_s = statistics.median(overheads) if overheads else None
-        states = group.call("result")
-        # An actor that Ray restarted mid-run (its process or its node died) restored itself from
-        # a checkpoint written after this loop began.
-        state.worker_restarts = sum(s["restored_from"] > loop_from for s in states)
-        if state.worker_restarts:
-            log.info(f"{state.worker_restarts} worker(s) were restarted by Ray and continued from a checkpoint")
-    finally:
-        group.stop()
+    splits = group.splits
+    infos = group.call("info")
+    t = min(i["iteration"] for i in infos)
+    nodes, devices = {i["node"] for i in infos}, sorted({i["device"] for i in infos})
+    log.info(f"{len(splits)} worker(s) on {len(nodes)} node(s), {'/'.join(devices)}"
+             + (f"; resumed at iteration {t}" if t else ""))
+    for warning in (w for info in infos for w in info.get("warnings", [])):
+        log.warning(warning)
+    if t:
+        state.resume_read_bytes = sum(i["restored_bytes"] for i in infos)
+        log.info(f"the workers read {state.resume_read_bytes / 2**20:.1f} MiB of checkpoint slices to resume")
+    overheads = []
+    bar = tqdm(total=cfg.iterations, initial=t, desc=f"condense ({len(splits)} workers)", unit="it",
+               disable=not progress, dynamic_ncols=True, mininterval=1.0)
+    loop_start, loop_from = time.perf_counter(), t
+    with bar:
+        while t < cfg.iterations:
+            target, checkpoint = _next_stop(t, cfg)
+            sync_start = time.perf_counter()
+            results = group.call("run_until", target, checkpoint)
+            overheads.append(time.perf_counter() - sync_start - max(r["seconds"] for r in results))
+            if checkpoint:
+                state.checkpoint_bytes = sum(r["checkpoint_bytes"] for r in results)
+                store.record_checkpoint(state, target, [r["checkpoint"] for r in results])
+            bar.update(target - t)
+            losses = [r["loss"] for r in results if r["loss"] is not None]
+            if losses:
+                bar.set_postfix(mmd2=f"{statistics.fmean(losses):.4g}")
+            t = target
+    loop_seconds = time.perf_counter() - loop_start
+    state.sync_overhead_s = statistics.median(overheads) if overheads else None
+    states = group.call("result")
+    # An actor that Ray restarted mid-run (its process or its node died) restored itself from
+    # a checkpoint written after this loop began.
+    state.worker_restarts = sum(s["restored_from"] > loop_from for s in states)
+    if state.worker_restarts:
+        log.info(f"{state.worker_restarts} worker(s) were restarted by Ray and continued from a checkpoint")
     history = [(tt, [v for s in states for v in s["losses"][k].tolist()]) for k, tt in enumerate(states[0]["times"])]
     stored = StoredSet(torch.cat([s["images"] for s in states]), cfg.labels, cfg.factor, infos[0]["class_names"],
                        history)
     return stored, (cfg.iterations - loop_from) / loop_seconds if loop_seconds > 0 else None
 
 
-def select(cfg: RunConfig, device: torch.device, progress: bool) -> StoredSet:
-    """A selection baseline's set: real images, stored without multi-formation."""
+def select(group: WorkerGroup) -> StoredSet:
+    """A selection baseline's set (random, herding): each worker picks real images of its own
+    classes; stored without multi-formation."""
+    parts = group.call("select")
+    info = group.call("info")[0]
+    return StoredSet(torch.cat([p["images"] for p in parts]), torch.cat([p["labels"] for p in parts]), 1,
+                     info["class_names"], [])
+
+
+def whole_set(cfg: RunConfig, device: torch.device, progress: bool) -> StoredSet:
+    """The whole training set (the upper bound), read here: its evaluation trains on all of it."""
     classes = list(range(cfg.data.num_classes))
     cache = open_class_cache(cfg.data, classes, device, log=log.info, progress=progress)
     images, labels = select_real(cfg, cache, classes, device)
@@ -176,17 +192,14 @@ def select(cfg: RunConfig, device: torch.device, progress: bool) -> StoredSet:
 
 
 # diagnose ----------------------------------------------------------------------------------
-def diagnose(cfg: RunConfig, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-             cache: ClassCache | None = None) -> dict:
-    """Moment gaps of the decoded set and of the set it started from (for M3D/DM the engine's
-    initial set; for the baselines, the selection itself). ``cache``: the real images, if loaded."""
-    classes = list(range(cfg.data.num_classes))
-    if cache is None:
-        cache = open_class_cache(cfg.data, classes, device, progress=False)
-    sets = {"synthetic": (images, labels)}
-    if cfg.method == "m3d":
-        sets["initial"] = (decode(initial_images(cache, classes, cfg), cfg.factor), labels)
-    gaps = moment_report(sets, cache, classes, cfg, cfg.diagnostics.encoders, cfg.diagnostics.real_per_class, device)
+def diagnose(cfg: RunConfig, group: WorkerGroup, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Moment gaps of the decoded set (and for M3D of its initial set) to the real data, each
+    worker on its own classes, where their real images already are; averaged over classes."""
+    parts = [(images[mask], labels[mask]) for mask in (torch.isin(labels, torch.tensor(c)) for c in group.splits)]
+    results = group.call_each("moments", parts)
+    total = sum(r["classes"] for r in results)
+    gaps = {name: {order: sum(r["gaps"][name][order] * r["classes"] for r in results) / total for order in orders}
+            for name, orders in results[0]["gaps"].items()}
     log.info("moment gaps to the real data (mean/variance/skewness/kurtosis): " + "; ".join(
         f"{k} " + "/".join(f"{v:.3g}" for v in g.values()) for k, g in gaps.items()))
     return gaps

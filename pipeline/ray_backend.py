@@ -94,13 +94,16 @@ class RayWorkers:
         self.actors = [remote.remote(cfg, s, run_url, f"worker {i}") for i, s in enumerate(splits)]
 
     def call(self, method: str, *args) -> list[Any]:
+        return self.call_each(method, [args] * len(self.actors))
+
+    def call_each(self, method: str, args: list[tuple]) -> list[Any]:
         import ray
 
-        refs = [getattr(a, method).remote(*args) for a in self.actors]
+        refs = [getattr(a, method).remote(*a_args) for a, a_args in zip(self.actors, args, strict=True)]
         out = []
         for i, ref in enumerate(refs):
             try:
-                out.append(self._get(i, ref, method, args))
+                out.append(self._get(i, ref, method, args[i]))
             except ray.exceptions.RayTaskError as e:
                 raise WorkerError(f"worker {i} (classes {_span(self.splits[i])}) failed: {_task_failure(e)}") from None
             except ray.exceptions.RayActorError as e:

@@ -10,10 +10,13 @@ import time
 
 import torch
 
+from m3d_condense.models import decode
+from m3d_condense.pipeline.baselines import select_real
 from m3d_condense.pipeline.checkpoint import RunStore
 from m3d_condense.pipeline.config import RunConfig
 from m3d_condense.pipeline.data import open_class_cache
-from m3d_condense.pipeline.engine import Condenser, condense
+from m3d_condense.pipeline.diagnostics import moment_report
+from m3d_condense.pipeline.engine import Condenser, condense, initial_images
 from m3d_condense.pipeline.errors import RunError
 from m3d_condense.pipeline.logs import log, setup_logging
 
@@ -78,15 +81,17 @@ class ClassWorker:
         self.device = pick_device(self.cfg.device)
         self.store = RunStore(run_url)
         start = time.perf_counter()
-        cache = open_class_cache(self.cfg.data, self.classes, self.device, progress=False, log=self._log)
-        self.condenser = Condenser(self.cfg, cache, self.classes, self.device)
-        self._log(f"{sum(cache.count.values())} real images ready in {time.perf_counter() - start:.1f} s; "
-                  f"{self.condenser.chunk} classes per forward on {self.device}")
+        self.cache = open_class_cache(self.cfg.data, self.classes, self.device, progress=False, log=self._log)
+        # M3D condenses; the selection baselines only pick from the cache (select()).
+        self.condenser = Condenser(self.cfg, self.cache, self.classes, self.device) if cfg.method == "m3d" else None
+        per_forward = f"; {self.condenser.chunk} classes per forward" if self.condenser else ""
+        self._log(f"{sum(self.cache.count.values())} real images ready in {time.perf_counter() - start:.1f} s"
+                  f"{per_forward} on {self.device}")
         self.times: list[int] = []
         self.losses: list[torch.Tensor] = []
         self.restored_from = 0
         run = self.store.read()
-        if run and run.iteration > 0:
+        if self.condenser and run and run.iteration > 0:
             self._restore(run)
             self._log(f"restored from the checkpoint of iteration {self.restored_from}")
 
@@ -104,10 +109,10 @@ class ClassWorker:
         self.restored_from = state["iteration"]
 
     def info(self) -> dict:
-        return {"classes": self.classes, "iteration": self.condenser.iteration, "restored_from": self.restored_from,
-                "restored_bytes": self.store.bytes_read,
+        return {"classes": self.classes, "iteration": self.condenser.iteration if self.condenser else 0,
+                "restored_from": self.restored_from, "restored_bytes": self.store.bytes_read,
                 "device": str(self.device), "pid": os.getpid(), "host": os.uname().nodename, "node": _node_id(),
-                "class_names": self.condenser.cache.class_names, "where": where(), "gpu_ids": ray_gpu_ids(),
+                "class_names": self.cache.class_names, "where": where(), "gpu_ids": ray_gpu_ids(),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "warnings": self.warnings}
 
     def run_until(self, target: int, checkpoint: bool) -> dict:
@@ -126,6 +131,22 @@ class ClassWorker:
 
     def save(self) -> str:
         return self.store.save_slice(self.condenser.iteration, self.classes, self.state())
+
+    def select(self) -> dict:
+        """The real images the baseline ``cfg.method`` picks from this worker's classes."""
+        images, labels = select_real(self.cfg, self.cache, self.classes, self.device)
+        return {"classes": self.classes, "images": images.cpu(), "labels": labels}
+
+    def moments(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        """Moment gaps to this worker's real images of ``images`` (its classes' part of the decoded
+        set, with ``labels``) and, for M3D, of the initial set; averaged over its classes."""
+        sets = {"synthetic": (images, labels)}
+        if self.condenser is not None:
+            initial = initial_images(self.cache, self.classes, self.cfg)
+            sets["initial"] = (decode(initial, self.cfg.factor), labels)
+        d = self.cfg.diagnostics
+        gaps = moment_report(sets, self.cache, self.classes, self.cfg, d.encoders, d.real_per_class, self.device)
+        return {"gaps": gaps, "classes": len(self.classes)}
 
     def result(self) -> dict:
         """What the driver merges at the end: the images and the loss history (not the momentum,

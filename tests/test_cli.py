@@ -202,6 +202,7 @@ def test_a_stale_ray_session_file_is_not_a_running_cluster(tmp_path, monkeypatch
     from m3d_condense.pipeline import backend
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delitem(sys.modules, "ray", raising=False)  # as in a fresh driver: not connected to any Ray yet
     monkeypatch.setattr(backend.tempfile, "gettempdir", lambda: str(tmp_path))
     assert not backend.ray_cluster_running(None)  # no session file
     with socket.socket() as listener:

@@ -126,8 +126,8 @@ def test_device_cuda_on_a_gpu_its_torch_cannot_see_fails_naming_worker_and_node(
 @no_cuda_here
 def test_evaluation_task_with_device_cuda_on_a_gpu_its_torch_cannot_see_fails_naming_it_and_its_node(
         fake_gpus, tmp_path, capsys):
-    # method=random selects on the driver, so only the evaluation task meets the GPU.
-    assert main(["digits", f"out_dir={tmp_path}", "run_name=ev", "method=random", "workers=2", "backend=ray",
+    # method=whole reads the training set on the driver (no workers), so only the evaluation task meets the GPU.
+    assert main(["digits", f"out_dir={tmp_path}", "run_name=ev", "method=whole", "workers=2", "backend=ray",
                  "device=cuda", f"ray.address={fake_gpus}", *TINY, "eval.runs=1"]) == 2
     line = next(ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: "))
     assert line.startswith("error: evaluation convnet3 run 1 failed: GPUUnavailableError: evaluation convnet3 run 1 "
