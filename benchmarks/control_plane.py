@@ -54,9 +54,13 @@ def make_dataset(root: Path, classes: int, per_class: int, size: int) -> Path:
     return root / "shards"
 
 
-def command(data: Path, out: Path, name: str, address: str, workers: int, iterations: int, *extra: str) -> list[str]:
+def command(data: Path, out: Path, name: str, address: str, workers: int, iterations: int, *extra: str,
+            checkpoint_every: int | None = None) -> list[str]:
+    """``pipeline/run.py custom`` on the prepared set: IPC 1, a sync every iteration, a checkpoint
+    at half way (or every ``checkpoint_every``)."""
+    every = checkpoint_every or iterations // 2
     return [sys.executable, str(RUN), "custom", f"data.root={data}", f"out_dir={out}", f"run_name={name}",
-            "ipc=1", "factor=1", f"iterations={iterations}", "log_every=1", f"checkpoint_every={iterations // 2}",
+            "ipc=1", "factor=1", f"iterations={iterations}", "log_every=1", f"checkpoint_every={every}",
             "batch_real=4", "encoder.width=8", "device=cpu", "backend=ray", f"workers={workers}",
             f"ray.address={address}", "ray.worker_cpus=0.25", "ray.eval_cpus=1", "diagnostics.moments=false",
             "eval.runs=0", *extra]
@@ -152,7 +156,9 @@ def measure(classes: int, per_class: int, size: int, worker_counts: list[int], i
             rows.append({"part": "node_lost", "classes": classes, "workers": w,
                          "actors_on_lost_node": sum(a.node_id == lost.node_id for a in actors)})
 
-        cmd = command(data, work, "node", cluster.address, w, iterations, "eval.runs=1", "eval.epochs=1")
+        # An early first checkpoint, so that the node goes while most of the iterations remain.
+        cmd = command(data, work, "node", cluster.address, w, iterations, "eval.runs=1", "eval.epochs=1",
+                      checkpoint_every=max(1, iterations // 10))
         code, err = run_driver(cmd, kill_after_checkpoint=work / "node", on_checkpoint=lose_a_node)
         if code != 0 or not torch.equal(synthetic(work / "node"), reference):
             raise RuntimeError(f"the run that lost a node did not end with the uninterrupted set (exit {code}):\n"

@@ -7,7 +7,7 @@ from benchmarks.control_plane import measure
 def test_a_1000_class_run_on_8_workers_resumes_and_survives_a_lost_node_with_the_same_set(tmp_path):
     # measure() raises unless the resumed run and the run that lost a node both end with the
     # synthetic set of the uninterrupted run, and every actor on the lost node was restored.
-    rows = measure(classes=1000, per_class=3, size=8, worker_counts=[8], iterations=4, work=tmp_path)
+    rows = measure(classes=1000, per_class=3, size=8, worker_counts=[8], iterations=20, work=tmp_path)
     sync, resume, node = (next(r for r in rows if r["part"] == part) for part in ("sync", "resume", "node_lost"))
     assert sync["workers"] == 8 and sync["sync_overhead_ms"] >= 0 and sync["checkpoint_bytes"] > 0
     # Each worker read its own slices: together about one checkpoint, not eight.
