@@ -14,7 +14,7 @@ from m3d_condense.models import decode
 from m3d_condense.pipeline.baselines import select_real
 from m3d_condense.pipeline.checkpoint import RunStore
 from m3d_condense.pipeline.config import RunConfig
-from m3d_condense.pipeline.data import open_class_cache
+from m3d_condense.pipeline.data import StreamingClassCache, open_class_cache
 from m3d_condense.pipeline.diagnostics import moment_report
 from m3d_condense.pipeline.engine import Condenser, condense, initial_images
 from m3d_condense.pipeline.errors import RunError
@@ -82,6 +82,11 @@ class ClassWorker:
         self.store = RunStore(run_url)
         start = time.perf_counter()
         self.cache = open_class_cache(self.cfg.data, self.classes, self.device, progress=False, log=self._log)
+        if isinstance(self.cache, StreamingClassCache) and self.cfg.data.cache == "auto":
+            self.warnings.append(
+                f"{self._who()}: its classes fit neither half the free GPU memory nor data.cache_gb="
+                f"{self.cfg.data.cache_gb:g}, so every iteration reads and decodes its real batches from the shards "
+                "(slow); raise data.cache_gb, use more workers, or set data.cache=stream to accept it")
         # M3D condenses; the selection baselines only pick from the cache (select()).
         self.condenser = Condenser(self.cfg, self.cache, self.classes, self.device) if cfg.method == "m3d" else None
         per_forward = f"; {self.condenser.chunk} classes per forward" if self.condenser else ""

@@ -36,3 +36,19 @@ def test_cached_and_streaming_pools_draw_identical_batches(tmp_path):
         assert torch.equal(a, b) and torch.equal(a, c)
     assert torch.equal(streamed.first(2, 4), in_memory.first(2, 4))
     assert cached.class_names == streamed.class_names == data.class_names
+
+
+def test_a_worker_whose_classes_fall_back_to_streaming_says_so(tmp_path):
+    """cache=auto streams from the shards when a worker's classes do not fit; that is slow, so
+    the worker warns (the driver shows its warnings), unless the user chose data.cache=stream."""
+    from m3d_condense.pipeline.config import load_config
+    from m3d_condense.pipeline.worker import ClassWorker
+
+    write_npz(tmp_path / "src", "train", synthetic_classes(num_classes=3, per_class=8))
+    prepare(str(tmp_path / "src"), str(tmp_path / "ds"), PrepareOptions(progress=False), log=lambda m: None)
+    common = [f"data.root={tmp_path / 'ds'}", "ipc=1", "factor=1", "batch_real=4", "encoder.width=8", "device=cpu"]
+    small = ClassWorker(load_config("custom", [*common, "data.cache_gb=1e-9"]), [0, 1], str(tmp_path / "run"))
+    assert any("reads and decodes its real batches from the shards" in w for w in small.info()["warnings"])
+    chosen = ClassWorker(load_config("custom", [*common, "data.cache=stream"]), [0, 1], str(tmp_path / "run2"))
+    roomy = ClassWorker(load_config("custom", common), [0, 1], str(tmp_path / "run3"))
+    assert chosen.info()["warnings"] == [] and roomy.info()["warnings"] == []
