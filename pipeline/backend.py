@@ -60,7 +60,9 @@ def split_classes(num_classes: int, workers: int) -> list[list[int]]:
     return out
 
 
-def start_workers(cfg: RunConfig, backend: str, splits: list[list[int]], run_url: str) -> WorkerGroup:
+def start_workers(cfg: RunConfig, backend: str, workers: int, run_url: str) -> WorkerGroup:
+    """``workers`` workers of ``backend``, the dataset's classes split over them (``split_classes``)."""
+    splits = split_classes(cfg.data.num_classes, workers)
     if backend == "ray":
         from m3d_condense.pipeline.ray_backend import RayWorkers
 

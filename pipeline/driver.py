@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from m3d_condense.models import decode
 from m3d_condense.pipeline import outputs
-from m3d_condense.pipeline.backend import WorkerGroup, resolve_backend, split_classes, start_workers
+from m3d_condense.pipeline.backend import WorkerGroup, resolve_backend, start_workers
 from m3d_condense.pipeline.baselines import select_real
 from m3d_condense.pipeline.checkpoint import RunState, RunStore, Status
 from m3d_condense.pipeline.config import RunConfig
@@ -75,7 +75,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
         images, labels = stored.decoded()
         summary = summarize(cfg, state, stored, backend, workers, len(images))
         if cfg.diagnostics.moments and cfg.method != "whole":  # the whole set is the reference itself
-            group = group or start_workers(cfg, backend, split_classes(cfg.data.num_classes, workers), store.url)
+            group = group or start_workers(cfg, backend, workers, store.url)
             summary["moments"] = diagnose(cfg, group, images, labels)
     finally:
         if group is not None:
@@ -107,7 +107,7 @@ def synthesize(cfg: RunConfig, store: RunStore, state: RunState, backend: str, w
     if cfg.method == "whole":
         stored = whole_set(cfg, device, progress)
     else:
-        group = start_workers(cfg, backend, split_classes(cfg.data.num_classes, workers), store.url)
+        group = start_workers(cfg, backend, workers, store.url)
         if cfg.method == "m3d":
             stored, it_per_s = condense(cfg, store, state, group, progress)
         else:
@@ -178,9 +178,8 @@ def select(group: WorkerGroup) -> StoredSet:
     """A selection baseline's set (random, herding): each worker picks real images of its own
     classes; stored without multi-formation."""
     parts = group.call("select")
-    info = group.call("info")[0]
     return StoredSet(torch.cat([p["images"] for p in parts]), torch.cat([p["labels"] for p in parts]), 1,
-                     info["class_names"], [])
+                     parts[0]["class_names"], [])
 
 
 def whole_set(cfg: RunConfig, device: torch.device, progress: bool) -> StoredSet:

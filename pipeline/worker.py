@@ -140,7 +140,7 @@ class ClassWorker:
     def select(self) -> dict:
         """The real images the baseline ``cfg.method`` picks from this worker's classes."""
         images, labels = select_real(self.cfg, self.cache, self.classes, self.device)
-        return {"classes": self.classes, "images": images.cpu(), "labels": labels}
+        return {"classes": self.classes, "images": images.cpu(), "labels": labels, "class_names": self.cache.class_names}
 
     def moments(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
         """Moment gaps to this worker's real images of ``images`` (its classes' part of the decoded
@@ -156,16 +156,17 @@ class ClassWorker:
     def result(self) -> dict:
         """What the driver merges at the end: the images and the loss history (not the momentum,
         which is as large as the images and only a checkpoint needs)."""
-        state = self.state()
-        return {**{k: state[k] for k in ("classes", "images", "times", "losses")}, "restored_from": self.restored_from}
+        return {"classes": self.classes, "images": self.condenser.images.cpu(), **self._history(),
+                "restored_from": self.restored_from}
 
     def state(self) -> dict:
         """The condenser's state plus the loss history of this worker's classes: what a
         checkpoint slice holds."""
+        return {**self.condenser.state_dict(), **self._history()}
+
+    def _history(self) -> dict:
         losses = torch.stack(self.losses) if self.losses else torch.zeros(0, len(self.classes))
-        return {**self.condenser.state_dict(), "times": list(self.times), "losses": losses}
-
-
+        return {"times": list(self.times), "losses": losses}
 
 
 def _node_id() -> str:
