@@ -7,7 +7,10 @@
 #           to 600, random and herding; one evaluation run each
 #   longer  (about 4 hours) both kernels to 2000 iterations and the linear kernel at lr 0.04, two
 #           evaluation runs each; at low priority, so their condensation seconds are not speeds
-# Usage: bash benchmarks/cifar10_budget.sh [first|longer]   (prepares ../shared/data/cifar10 into data/cifar10 first)
+#   small   (about 3 hours, one process) the linear kernel at lr 0.04 to 600 iterations; IPC 1 and
+#           IPC 50 at a smaller budget: M3D at lr = IPC, the linear kernel (IPC 1 at lr 0.01, where
+#           0.1 diverges), random and herding; one evaluation run each, at low priority
+# Usage: bash benchmarks/cifar10_budget.sh [first|longer|small]   (prepares ../shared/data/cifar10 into data/cifar10 first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-first}
@@ -41,6 +44,21 @@ longer)
     nice -n 19 python -m benchmarks.steps_curve cifar10 --out $OUT --methods m3d --steps 1000,2000 $P lr=10     # lr = IPC
   } > "$RUNS.longer.b.log" 2>&1 &
   ;;
-*) echo "usage: bash benchmarks/cifar10_budget.sh [first|longer]" >&2; exit 2 ;;
+small)
+  P="data.root=data/cifar10 eval.runs=1 eval.epochs=200 eval.test_every=200 seed=3 backend=local"
+  low() { nice -n 19 "$@"; }
+  {
+    low python -m benchmarks.steps_curve cifar10 --out $OUT --methods dm --steps 600 $P ipc=10 lr=0.04  # DM's lr x std^2
+    for IPC in 1 50; do
+      low python pipeline/run.py cifar10 method=random ipc=$IPC $P diagnostics.moments=false out_dir=$RUNS
+      low python pipeline/run.py cifar10 method=herding ipc=$IPC $P diagnostics.moments=false out_dir=$RUNS
+    done
+    low python -m benchmarks.steps_curve cifar10 --out $OUT --methods m3d --steps 0,300 $P ipc=1 lr=1
+    low python -m benchmarks.steps_curve cifar10 --out $OUT --methods dm --steps 300 $P ipc=1 lr=0.01
+    low python -m benchmarks.steps_curve cifar10 --out $OUT --methods m3d --steps 100 $P ipc=50 lr=50
+    low python -m benchmarks.steps_curve cifar10 --out $OUT --methods dm --steps 100 $P ipc=50
+  } > "$RUNS.small.log" 2>&1 &
+  ;;
+*) echo "usage: bash benchmarks/cifar10_budget.sh [first|longer|small]" >&2; exit 2 ;;
 esac
 wait
