@@ -32,6 +32,7 @@ import torch
 
 from benchmarks.record import RESULTS, append, git_commit, machine
 from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
+from m3d_condense.pipeline.synthetic import SyntheticSet
 
 OUT = RESULTS / "control_plane.jsonl"
 RUN = Path(__file__).resolve().parent.parent / "pipeline" / "run.py"
@@ -99,7 +100,7 @@ def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float = 
 
 
 def synthetic(run_dir: Path) -> torch.Tensor:
-    return torch.load(run_dir / "synthetic.pt", weights_only=True)["images"]
+    return SyntheticSet.load(str(run_dir)).images
 
 
 def summary(run_dir: Path) -> dict:

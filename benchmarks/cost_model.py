@@ -398,8 +398,9 @@ def condense_fields(cfg: RunConfig, gpus: int, most: int, tier: str, checkpoint_
 
 def eval_fields(cfg: RunConfig, gpus: int, c: Counted, a: dict[str, float]) -> dict:
     """The evaluation: eval.runs x eval.archs tasks of one GPU each (ray.eval_gpus=1; in-process one
-    after another on one GPU), each training on the decoded set, which train_and_test moves to
-    the GPU whole, in fp32, and testing every eval.test_every epochs and at the end."""
+    after another on one GPU), each training on the decoded set, of which train_and_test keeps
+    only the stored images on the GPU (fp32) and decodes a mini-batch at a time, and testing every
+    eval.test_every epochs and at the end."""
     C, pixels = cfg.data.num_classes, pixel_bytes(cfg)
     per_class = cfg.ipc * cfg.factor**2
     epochs = eval_epochs(cfg, per_class)
@@ -408,14 +409,17 @@ def eval_fields(cfg: RunConfig, gpus: int, c: Counted, a: dict[str, float]) -> d
     flops = epochs * train_images * c.eval_train_flops + tests * test_images * c.eval_test_flops
     tasks = cfg.eval.runs * len(cfg.eval.archs)
     waves = math.ceil(tasks / gpus)
-    decoded = train_images * pixels
-    # a batch's kept activations and image copies, by step_bytes' rule for a forward with a backward
-    device = a["cuda_context_gib"] * GiB + decoded + cfg.eval.batch_size * (c.eval_act_per_image + 6 * pixels)
+    decoded, stored = train_images * pixels, C * cfg.ipc * pixels
+    # a batch's kept activations and image copies, by step_bytes' rule for a forward with a backward,
+    # and the factor^2 tiles decoded for each of its images (decode_rows decodes whole stored images)
+    batch = cfg.eval.batch_size * (c.eval_act_per_image + (6 + cfg.factor**2) * pixels)
+    device = a["cuda_context_gib"] * GiB + stored + batch
     r = rates(a)
     return {"eval_arch": cfg.eval.archs[0], "eval_epochs": epochs, "eval_train_images": train_images,
             "eval_test_images": test_images, "eval_tests_per_run": tests, "eval_train_flops_per_image": c.eval_train_flops,
             "eval_test_flops_per_image": c.eval_test_flops, "eval_flops_per_run": flops, "eval_tasks": tasks,
-            "eval_waves": waves, "eval_decoded_bytes": decoded, "eval_device_bytes_estimate": device,
+            "eval_waves": waves, "eval_decoded_bytes": decoded, "eval_stored_bytes": stored,
+            "eval_device_bytes_estimate": device,
             "eval_memory_status": "fits" if device <= a["gpu_memory_gib"] * GiB else "over GPU memory",
             **{f"eval_s_{p}": waves * flops / r[f"eval_{p}"] for p in ("bf16", "fp32")}}
 
@@ -462,7 +466,7 @@ SOURCES = {
         "cache_bytes_per_worker", "synthetic_set_bytes_per_worker", "checkpoint_bytes", "checkpoint_slice_bytes_max",
         "loss_history_bytes", "checkpoint_written_bytes_per_run", "resume_read_bytes_per_worker_all_slices",
         "resume_read_bytes_per_worker_own_slices", "resume_read_bytes_total_all_slices",
-        "resume_read_bytes_total_own_slices", "eval_decoded_bytes", "eval_train_images"],
+        "resume_read_bytes_total_own_slices", "eval_decoded_bytes", "eval_stored_bytes", "eval_train_images"],
     "assumed (ASSUMPTIONS)": ["real_images_per_class", "eval_test_images"],
     "measured here (state_copies) x formula + assumed CUDA context": ["state_peak_bytes", "peak_bytes_estimate",
                                                                       "eval_device_bytes_estimate"],

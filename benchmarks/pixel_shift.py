@@ -3,7 +3,7 @@ images and the initial set it started from, per dataset, IPC, method and lr.
 
     python -m benchmarks.pixel_shift GRID_DIR        (e.g. benchmarks/results/grid_cpu)
 
-Reads GRID_DIR/runs/*/{config.yaml,synthetic.pt} (the M3D/DM runs; the selection baselines
+Reads each GRID_DIR/runs/*/ run's config.yaml and stored set (the M3D/DM runs; the selection baselines
 are skipped) and prints a Markdown table: mean ± std over seeds, pixels in [0, 1].
 """
 from __future__ import annotations
@@ -14,23 +14,23 @@ import statistics
 
 import torch
 
-from m3d_condense.pipeline import outputs
 from m3d_condense.pipeline.config import named_method, read_config
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.data.dataset import open_class_cache
 from m3d_condense.pipeline.engine import initial_images
+from m3d_condense.pipeline.synthetic import SyntheticSet, is_stored
 
 
 def run_shift(run_url: str, caches: dict) -> tuple[tuple, float] | None:
     config_url = storage.join(run_url, "config.yaml")
     cfg = read_config(storage.read_bytes(config_url).decode(), config_url)
-    if cfg.method != "m3d" or not storage.exists(storage.join(run_url, "synthetic.pt")):
+    if cfg.method != "m3d" or not is_stored(run_url):
         return None
     classes = list(range(cfg.data.num_classes))
     key = (cfg.preset, cfg.data.root)
     if key not in caches:
         caches[key] = open_class_cache(cfg.data, classes, torch.device("cpu"), progress=False)
-    stored = outputs.load_synthetic(storage.join(run_url, "synthetic.pt"))["images"]
+    stored = SyntheticSet.load(run_url).images
     start = initial_images(caches[key], classes, cfg)
     method = named_method(cfg.method, cfg.kernel)
     return (cfg.preset, cfg.ipc, method, cfg.lr, cfg.iterations), float((stored - start).abs().mean())

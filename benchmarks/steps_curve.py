@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from benchmarks.record import RESULTS, append, git_commit, machine
-from m3d_condense.models import decode
 from m3d_condense.pipeline.config import NAMED_METHODS, load_config
 from m3d_condense.pipeline.data.dataset import open_class_cache
 from m3d_condense.pipeline.driver import evaluate_set
 from m3d_condense.pipeline.engine import Condenser
 from m3d_condense.pipeline.logs import setup_logging
+from m3d_condense.pipeline.synthetic import SyntheticSet
 
 
 def trajectory(preset: str, method: str, steps: list[int], overrides: list[str], out: Path) -> list[dict]:
@@ -40,8 +40,8 @@ def trajectory(preset: str, method: str, steps: list[int], overrides: list[str],
         while condenser.iteration < target:
             losses.append(float(condenser.step().mean()))
         condense_s += time.perf_counter() - t0
-        evals, _ = evaluate_set(cfg, decode(condenser.images, cfg.factor), labels.repeat_interleave(cfg.factor ** 2),
-                                "local", torch.device("cpu"), progress=False)
+        current = SyntheticSet(condenser.images.detach().cpu(), labels, cfg.factor, cache.class_names)
+        evals, _ = evaluate_set(cfg, current, "local", torch.device("cpu"), progress=False)
         accs = evals[0]["runs"]
         row = {"preset": preset, "method": method, "steps": target, "lr": cfg.lr, "ipc": cfg.ipc,
                "accuracy_mean": statistics.fmean(accs), "accuracy_runs": accs,

@@ -23,6 +23,17 @@ def decode(images: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
 
 
+def decode_rows(images: torch.Tensor, rows: torch.Tensor, factor: int) -> torch.Tensor:
+    """Rows ``rows`` (M,) of ``decode(images, factor)``, computed from their stored images only:
+    (M, C, H, W). A training loop decodes each mini-batch this way, so only the stored set
+    (factor^2 times smaller) sits in memory."""
+    if factor == 1:
+        return images[rows]
+    tiles = factor * factor
+    crops = decode(images[rows // tiles], factor)  # every tile of each needed stored image
+    return crops[torch.arange(len(rows), device=crops.device) * tiles + rows.to(crops.device) % tiles]
+
+
 def mix_init(real: torch.Tensor, factor: int) -> torch.Tensor:
     """Tile real images (k * l * l, C, H, W) into k stored images (k, C, H, W).
 

@@ -36,7 +36,7 @@ class ResumeError(RunError, ValueError):
 
 class Status(str, Enum):
     running = "running"  # condensing; ``iteration`` is the last complete checkpoint
-    condensed = "condensed"  # synthetic.pt is written; evaluation and reports remain
+    condensed = "condensed"  # the synthetic set is stored; evaluation and reports remain
     finished = "finished"  # summary.json and the report are written
 
 

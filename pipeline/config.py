@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
@@ -279,6 +280,12 @@ class RunConfig:
                               "use eval.recipe=dsa")
 
     @property
+    def stored_factor(self) -> int:
+        """The multi-formation factor of the stored set: ``factor`` for M3D; 1 for the selection
+        baselines and the whole set, which store real images as they are."""
+        return self.factor if self.method == "m3d" else 1
+
+    @property
     def labels(self) -> torch.Tensor:
         """The class of every stored synthetic image, class-major: (num_classes * ipc,) int64."""
         return class_major_labels(range(self.data.num_classes), self.ipc)
@@ -347,11 +354,15 @@ def _omegaconf_reason(e: OmegaConfBaseException) -> str:
 
 def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """The complete, checked config of ``preset`` with ``overrides``: the dataset's source is
-    detected and a prepared dataset's manifest fills (or is checked against) the data keys."""
+    detected and a prepared dataset's manifest fills (or is checked against) the data keys. A
+    local ``out_dir`` is made absolute: Ray workers write their checkpoint and synthetic slices
+    there, and their working directory is not the driver's."""
     cfg = compose_config(preset, overrides)
     from m3d_condense.pipeline.data.dataset import resolve_dataset  # the data layer reads configs, too
 
     resolve_dataset(cfg.data)
+    if "://" not in str(cfg.out_dir):
+        cfg.out_dir = os.path.abspath(os.path.expanduser(str(cfg.out_dir)))
     return to_run_config(cfg)
 
 

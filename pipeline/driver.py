@@ -2,15 +2,18 @@
 
   synthesize  M3D condenses on the workers, resuming from the last complete checkpoint, or the
               random/herding baseline selects real images on the workers, each from its own
-              classes; synthetic.pt is written and run.json says "condensed". A rerun skips
-              this stage once the run has condensed.
+              classes; each worker stores its slice of the set (``pipeline/synthetic.py``), the
+              driver writes the index, and run.json says "condensed". A rerun skips this stage
+              once the run has condensed.
   diagnose    moment gaps of the set to the real data (``diagnostics.moments``), computed by the
               workers, where the real images are.
   evaluate    networks trained from scratch on the decoded set (``eval.*``), in this process
-              or as Ray tasks.
+              or as Ray tasks, which read the stored set themselves.
   write       grid.png, curves.png, summary.json and report.html; run.json says "finished".
 
-A rerun of a finished run does nothing (``reevaluate=true`` evaluates its set again).
+A rerun of a finished run does nothing (``reevaluate=true`` evaluates its set again). Apart
+from ``method=whole`` (the whole training set, read here), the driver never holds the set: its
+memory does not grow with the dataset.
 ``backend=local`` runs one worker in this process; ``backend=ray`` runs ``workers`` Ray
 actors and evaluates in Ray tasks (``pipeline/backend.py``).
 """
@@ -23,35 +26,28 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from m3d_condense.models import decode
-from m3d_condense.pipeline import outputs
+from m3d_condense.pipeline import outputs, synthetic
 from m3d_condense.pipeline.backend import WorkerGroup, resolve_backend, start_workers
 from m3d_condense.pipeline.baselines import select_real
 from m3d_condense.pipeline.checkpoint import RunState, RunStore, Status
 from m3d_condense.pipeline.config import RunConfig
-from m3d_condense.pipeline.data import load_split, open_class_cache, storage
+from m3d_condense.pipeline.data import LabeledImages, load_split, open_class_cache, storage
 from m3d_condense.pipeline.evaluate import EvalResult, eval_epochs, train_and_test
 from m3d_condense.pipeline.logs import log
 from m3d_condense.pipeline.memory import peak_rss_bytes
 from m3d_condense.pipeline.report import write_run_report
 from m3d_condense.pipeline.seeding import derive_seed
+from m3d_condense.pipeline.synthetic import SyntheticSet
 from m3d_condense.pipeline.worker import pick_device
 
 
 @dataclass
-class StoredSet:
-    """A run's result: ``images`` (N, C, H, W) in [0, 1] as stored (``factor`` x ``factor`` tiles
-    per image for M3D, 1 for the baselines) with ``labels`` (N,), and the loss history."""
+class Synthesized:
+    """What the synthesize stage leaves: the set, in memory (``method=whole``) or as the run
+    directory that stores it, and the loss history (iteration, per-class losses)."""
 
-    images: torch.Tensor
-    labels: torch.Tensor
-    factor: int
-    class_names: list[str]
+    source: SyntheticSet | str
     history: list[tuple[int, list[float]]]
-
-    def decoded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training set it stands for: (N * factor^2, C, H, W) images and their labels."""
-        return decode(self.images, self.factor), self.labels.repeat_interleave(self.factor**2)
 
 
 def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
@@ -71,21 +67,20 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
 
     group: WorkerGroup | None = None  # the workers, once started: they hold the real images
     try:
-        stored, group = synthesize(cfg, store, state, backend, workers, device, progress)
-        images, labels = stored.decoded()
-        summary = summarize(cfg, state, stored, backend, workers, len(images))
+        syn, group = synthesize(cfg, store, state, backend, workers, device, progress)
+        summary = summarize(cfg, state, syn, backend, workers)
         if cfg.diagnostics.moments and cfg.method != "whole":  # the whole set is the reference itself
             group = group or start_workers(cfg, backend, workers, store.url)
-            summary["moments"] = diagnose(cfg, group, images, labels)
+            summary["moments"] = diagnose(group)
     finally:
         if group is not None:
             group.stop()
     curves: dict = {}
     if cfg.eval.runs > 0:
-        summary["evals"], curves = evaluate_set(cfg, images, labels, backend, device, progress)
+        summary["evals"], curves = evaluate_set(cfg, syn.source, backend, device, progress)
         summary["eval"] = summary["evals"][0]
     summary["driver_peak_bytes"] = peak_rss_bytes()  # the head node's share of the run, watched at scale
-    write_outputs(run_url, summary, stored, images, labels, curves)
+    write_outputs(run_url, summary, syn, curves)
     store.record_finished(state)
     log.info(f"wrote {run_url}")
     return summary
@@ -93,29 +88,28 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
 
 # synthesize --------------------------------------------------------------------------------
 def synthesize(cfg: RunConfig, store: RunStore, state: RunState, backend: str, workers: int,
-               device: torch.device, progress: bool) -> tuple[StoredSet, WorkerGroup | None]:
-    """The run's set: read back if the run has condensed, else condensed (M3D) or selected (random,
-    herding) by the workers, each on its own classes, or the whole training set read here; saved.
-    Also returns the workers it started (the caller stops them), None if it started none."""
-    synthetic_url = store.path("synthetic.pt")
+               device: torch.device, progress: bool) -> tuple[Synthesized, WorkerGroup | None]:
+    """The run's set: condensed (M3D) or selected (random, herding) by the workers, each storing
+    the slice of its own classes, or the whole training set read here (not stored); left as is
+    if the run has condensed. Also returns the workers it started (the caller stops them), None
+    if it started none."""
     if state.status in (Status.condensed, Status.finished) and cfg.method != "whole":  # whole: not stored, re-read
-        syn = outputs.load_synthetic(synthetic_url)
-        log.info(f"condensed earlier; evaluating {synthetic_url}")
-        return StoredSet(syn["images"], syn["labels"], syn["factor"], syn["class_names"],
-                         [(int(t), [v]) for t, v in state.loss_curve]), None
+        log.info(f"condensed earlier; evaluating the set stored in {store.url}")
+        return Synthesized(store.url, [(int(t), [v]) for t, v in state.loss_curve]), None
     start, it_per_s, group = time.perf_counter(), None, None
     if cfg.method == "whole":
-        stored = whole_set(cfg, device, progress)
+        syn = Synthesized(whole_set(cfg, device, progress), [])
     else:
         group = start_workers(cfg, backend, workers, store.url)
         if cfg.method == "m3d":
-            stored, it_per_s = condense(cfg, store, state, group, progress)
-        else:
-            stored = select(group)
-        outputs.save_synthetic(synthetic_url, stored.images, stored.labels, stored.factor, stored.class_names)
+            parts, history, it_per_s = condense(cfg, store, state, group, progress)
+        else:  # a selection baseline: real images, stored without multi-formation
+            parts, history = group.call("select"), []
+        synthetic.write_index(store.url, [p["slice"] for p in parts], cfg.stored_factor, parts[0]["class_names"])
+        syn = Synthesized(store.url, history)
     store.record_condensed(state, time.perf_counter() - start, it_per_s,
-                           [[t, statistics.fmean(v)] for t, v in stored.history])
-    return stored, group
+                           [[t, statistics.fmean(v)] for t, v in syn.history])
+    return syn, group
 
 
 def _next_stop(t: int, cfg: RunConfig) -> tuple[int, bool]:
@@ -128,9 +122,10 @@ def _next_stop(t: int, cfg: RunConfig) -> tuple[int, bool]:
 
 
 def condense(cfg: RunConfig, store: RunStore, state: RunState, group: WorkerGroup,
-             progress: bool) -> tuple[StoredSet, float | None]:
+             progress: bool) -> tuple[list[dict], list[tuple[int, list[float]]], float | None]:
     """Step the workers in lockstep to cfg.iterations from the run's last checkpoint, record
-    complete checkpoints, and merge the slices. Returns the set and the steady-state it/s."""
+    complete checkpoints, and have each worker store its slice of the set. Returns what the
+    workers' ``finish`` returned, the loss history and the steady-state it/s."""
     splits = group.splits
     infos = group.call("info")
     t = min(i["iteration"] for i in infos)
@@ -162,40 +157,30 @@ def condense(cfg: RunConfig, store: RunStore, state: RunState, group: WorkerGrou
             t = target
     loop_seconds = time.perf_counter() - loop_start
     state.sync_overhead_s = statistics.median(overheads) if overheads else None
-    states = group.call("result")
+    states = group.call("finish")
     # An actor that Ray restarted mid-run (its process or its node died) restored itself from
     # a checkpoint written after this loop began.
     state.worker_restarts = sum(s["restored_from"] > loop_from for s in states)
     if state.worker_restarts:
         log.info(f"{state.worker_restarts} worker(s) were restarted by Ray and continued from a checkpoint")
     history = [(tt, [v for s in states for v in s["losses"][k].tolist()]) for k, tt in enumerate(states[0]["times"])]
-    stored = StoredSet(torch.cat([s["images"] for s in states]), cfg.labels, cfg.factor, infos[0]["class_names"],
-                       history)
-    return stored, (cfg.iterations - loop_from) / loop_seconds if loop_seconds > 0 else None
+    return states, history, (cfg.iterations - loop_from) / loop_seconds if loop_seconds > 0 else None
 
 
-def select(group: WorkerGroup) -> StoredSet:
-    """A selection baseline's set (random, herding): each worker picks real images of its own
-    classes; stored without multi-formation."""
-    parts = group.call("select")
-    return StoredSet(torch.cat([p["images"] for p in parts]), torch.cat([p["labels"] for p in parts]), 1,
-                     parts[0]["class_names"], [])
-
-
-def whole_set(cfg: RunConfig, device: torch.device, progress: bool) -> StoredSet:
+def whole_set(cfg: RunConfig, device: torch.device, progress: bool) -> SyntheticSet:
     """The whole training set (the upper bound), read here: its evaluation trains on all of it."""
     classes = list(range(cfg.data.num_classes))
     cache = open_class_cache(cfg.data, classes, device, log=log.info, progress=progress)
     images, labels = select_real(cfg, cache, classes, device)
-    return StoredSet(images, labels, 1, cache.class_names, [])
+    return SyntheticSet(images.cpu(), labels.cpu(), 1, cache.class_names)
 
 
 # diagnose ----------------------------------------------------------------------------------
-def diagnose(cfg: RunConfig, group: WorkerGroup, images: torch.Tensor, labels: torch.Tensor) -> dict:
+def diagnose(group: WorkerGroup) -> dict:
     """Moment gaps of the decoded set (and for M3D of its initial set) to the real data, each
-    worker on its own classes, where their real images already are; averaged over classes."""
-    parts = [(images[mask], labels[mask]) for mask in (torch.isin(labels, torch.tensor(c)) for c in group.splits)]
-    results = group.call_each("moments", parts)
+    worker on its own classes' part of the stored set, where their real images already are;
+    averaged over classes."""
+    results = group.call("moments")
     total = sum(r["classes"] for r in results)
     gaps = {name: {order: sum(r["gaps"][name][order] * r["classes"] for r in results) / total for order in orders}
             for name, orders in results[0]["gaps"].items()}
@@ -205,31 +190,33 @@ def diagnose(cfg: RunConfig, group: WorkerGroup, images: torch.Tensor, labels: t
 
 
 # evaluate ----------------------------------------------------------------------------------
-def evaluate_set(cfg: RunConfig, images: torch.Tensor, labels: torch.Tensor, backend: str, device: torch.device,
-                 progress: bool) -> tuple[list[dict], dict]:
-    """``eval.runs`` networks of each of ``eval.archs`` trained on ``images`` (decoded, in [0, 1])
-    and tested on the real test split. Returns one record per architecture and the test curves."""
+def evaluate_set(cfg: RunConfig, source: SyntheticSet | str, backend: str, device: torch.device,
+                 progress: bool, test: LabeledImages | None = None) -> tuple[list[dict], dict]:
+    """``eval.runs`` networks of each of ``eval.archs`` trained on the set ``source`` (in memory,
+    or the run directory storing it) and tested on the real test split (``test`` if given, in
+    this process). Returns one record per architecture and the test curves."""
     jobs = [{"arch": a, "run": r, "seed": derive_seed(cfg.seed, "eval-run", r)}
             for a in cfg.eval.archs for r in range(cfg.eval.runs)]
-    if backend == "ray":  # each task reads the test split on its own node
+    if backend == "ray" and test is None:  # each task reads the test split on its own node
         from m3d_condense.pipeline.ray_backend import evaluate_remote
 
         log.info(f"evaluating: {len(jobs)} Ray tasks")
-        results, placements = evaluate_remote(jobs, images, labels, cfg)
+        results, placements = evaluate_remote(jobs, source, cfg)
         for p in placements:
             if p["warning"]:
                 log.warning(p["warning"])
         where = [f"; {p['resources']['GPU']:g} of GPU {','.join(p['gpu_ids'])}" if p["gpu_ids"] else ""
                  for p in placements]
     else:
-        test = load_split(cfg.data, "test")
-        results = [train_and_test(images, labels, test, j["arch"], cfg, j["seed"], device, progress=progress)
-                   for j in jobs]
+        train = source if isinstance(source, SyntheticSet) else SyntheticSet.load(source)
+        test = test if test is not None else load_split(cfg.data, "test")
+        results = [train_and_test(train.images, train.labels, test, j["arch"], cfg, j["seed"], device,
+                                  progress=progress, factor=train.factor) for j in jobs]
         where = [""] * len(jobs)
     for j, r, w in zip(jobs, results, where, strict=True):
         log.info(f"eval {j['arch']} run {j['run'] + 1}/{cfg.eval.runs}: last-epoch accuracy "
                  f"{100 * r.accuracy:.2f}% ({r.seconds:.0f}s{w})")
-    epochs = eval_epochs(cfg, len(labels) // cfg.data.num_classes)
+    epochs = eval_epochs(cfg, synthetic.training_size(source) // cfg.data.num_classes)
     by_arch = {a: [r for j, r in zip(jobs, results, strict=True) if j["arch"] == a] for a in cfg.eval.archs}
     evals = [eval_record(arch, epochs, runs) for arch, runs in by_arch.items()]
     e = evals[0]
@@ -249,14 +236,14 @@ def eval_record(arch: str, epochs: int, runs: list[EvalResult]) -> dict:
 
 
 # write -------------------------------------------------------------------------------------
-def summarize(cfg: RunConfig, state: RunState, stored: StoredSet, backend: str, workers: int,
-              train_images: int) -> dict:
+GRID_CLASSES = 100  # rows of grid.png: the first classes of the set
+def summarize(cfg: RunConfig, state: RunState, syn: Synthesized, backend: str, workers: int) -> dict:
     """summary.json's record of the run, before diagnostics and evaluation are added."""
-    history = stored.history
-    return {"preset": cfg.preset, "method": str(cfg.method), "ipc": cfg.ipc, "factor": stored.factor,
+    history = syn.history
+    return {"preset": cfg.preset, "method": str(cfg.method), "ipc": cfg.ipc, "factor": cfg.stored_factor,
             "kernel": str(cfg.kernel), "estimator": str(cfg.estimator), "update_mode": str(cfg.update_mode),
             "iterations": cfg.iterations if cfg.method == "m3d" else 0, "seed": cfg.seed, "device": str(cfg.device),
-            "backend": backend, "workers": workers, "train_images": train_images,
+            "backend": backend, "workers": workers, "train_images": synthetic.training_size(syn.source),
             "condense_seconds": state.condense_seconds,
             "condense_it_per_s": state.condense_it_per_s,  # steady state: after workers started
             "sync_overhead_s": state.sync_overhead_s, "checkpoint_bytes": state.checkpoint_bytes,
@@ -265,9 +252,15 @@ def summarize(cfg: RunConfig, state: RunState, stored: StoredSet, backend: str, 
             "loss_curve": state.loss_curve}
 
 
-def write_outputs(run_url: str, summary: dict, stored: StoredSet, images: torch.Tensor, labels: torch.Tensor,
-                  curves: dict) -> None:
-    outputs.plot_grid(storage.join(run_url, "grid.png"), images, labels, stored.class_names)
-    outputs.plot_curves(storage.join(run_url, "curves.png"), stored.history, curves)
+def write_outputs(run_url: str, summary: dict, syn: Synthesized, curves: dict) -> None:
+    """grid.png (read from the first ``GRID_CLASSES`` classes' slices only), curves.png,
+    summary.json and report.html."""
+    shown = range(GRID_CLASSES)
+    preview = syn.source.of_classes(shown) if isinstance(syn.source, SyntheticSet) else \
+        SyntheticSet.load(syn.source, shown)
+    images, labels = preview.decoded()
+    outputs.plot_grid(storage.join(run_url, "grid.png"), images, labels, preview.class_names,
+                      max_classes=GRID_CLASSES)
+    outputs.plot_curves(storage.join(run_url, "curves.png"), syn.history, curves)
     outputs.write_json(storage.join(run_url, "summary.json"), summary)
     write_run_report(run_url, summary)

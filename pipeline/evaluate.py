@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from m3d_condense.models import NUM_UNIFORMS, augment, create_model, imagenet_augment
+from m3d_condense.models import NUM_UNIFORMS, augment, create_model, decode_rows, imagenet_augment
 from m3d_condense.pipeline.compute import autocast, use_compile
 from m3d_condense.pipeline.config import RunConfig
 from m3d_condense.pipeline.data import LabeledImages
@@ -99,11 +99,12 @@ def _cutmix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch
 
 
 def train_batch(x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor, cfg: RunConfig,
-                g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The augmented, normalised mini-batch ``idx`` of the training set ``x_all`` (pixels in
-    [0, 1]) and its labels. dsa augments normalised images; the imagenet recipe augments pixels,
-    then normalises."""
-    x, y = x_all[idx], y_all[idx]
+                g: torch.Generator, factor: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The augmented, normalised mini-batch ``idx`` of the training set that the stored images
+    ``x_all`` (pixels in [0, 1], ``factor`` x ``factor`` tiles each) stand for, and its labels
+    ``y_all[idx]``. dsa augments normalised images; the imagenet recipe augments pixels, then
+    normalises."""
+    x, y = decode_rows(x_all, idx, factor), y_all[idx]
     if cfg.eval.recipe == "imagenet":
         return cfg.data.normalize(imagenet_augment(x, g)), y
     u = torch.rand(len(idx), NUM_UNIFORMS, generator=g)
@@ -111,13 +112,14 @@ def train_batch(x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor, cfg
 
 
 def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, x_all: torch.Tensor, y_all: torch.Tensor,
-                cfg: RunConfig, g: torch.Generator) -> float:
-    """One epoch of SGD over ``x_all`` (N, C, H, W) in [0, 1] in random mini-batches, with the
-    recipe's augmentation and CutMix; returns the mean training loss."""
+                cfg: RunConfig, g: torch.Generator, factor: int = 1) -> float:
+    """One epoch of SGD over the training set of the stored images ``x_all`` (N, C, H, W) in
+    [0, 1] (``y_all``: N * factor^2 labels) in random mini-batches, with the recipe's augmentation
+    and CutMix; returns the mean training loss."""
     total = torch.zeros((), device=x_all.device)
     batches = torch.randperm(len(y_all), generator=g).split(cfg.eval.batch_size)
     for idx in batches:
-        x, y = train_batch(x_all, y_all, idx.to(x_all.device), cfg, g)
+        x, y = train_batch(x_all, y_all, idx.to(x_all.device), cfg, g, factor)
         mix = float(torch.rand(1, generator=g)) < cfg.eval.cutmix_prob
         if mix:
             x, y_b, lam = _cutmix(x, y, g)
@@ -132,14 +134,17 @@ def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, x_all: torch.T
 
 
 def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: LabeledImages, arch: str, cfg: RunConfig,
-                   seed: int, device: torch.device | str = "cpu", progress: bool = False) -> EvalResult:
+                   seed: int, device: torch.device | str = "cpu", progress: bool = False,
+                   factor: int = 1) -> EvalResult:
     """Train ``arch`` from scratch on ``images`` (N, C, H, W) floats in [0, 1] with ``labels`` (N,)
-    and test it on ``test``, with the recipe of ``cfg.eval`` on the dataset ``cfg.data``.
-    Everything random comes from ``seed``."""
+    and test it on ``test``, with the recipe of ``cfg.eval`` on the dataset ``cfg.data``. With
+    ``factor`` > 1 the images are stored multi-formation images: the network trains on the
+    N * factor^2 images they decode to, decoded a mini-batch at a time, so only the stored set
+    sits on the device. Everything random comes from ``seed``."""
     from tqdm.auto import tqdm
 
     device, e, d = torch.device(device), cfg.eval, cfg.data
-    per_class = len(labels) // d.num_classes
+    per_class = len(labels) * factor * factor // d.num_classes
     epochs = eval_epochs(cfg, per_class)
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -151,11 +156,11 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: LabeledImag
     g = generator(seed, "eval-train", arch)
     # Compiled per model: a new model of an architecture seen before reuses its compiled code.
     net = torch.compile(model, dynamic=False) if eval_compiles(cfg, per_class) else model
-    x_all, y_all = images.to(device).float(), labels.to(device)
+    x_all, y_all = images.to(device).float(), labels.repeat_interleave(factor * factor).to(device)
     curve, losses = [], []
     model.train()
     for epoch in tqdm(range(1, epochs + 1), desc=f"eval {arch}", unit="ep", disable=not progress, leave=False):
-        losses.append(train_epoch(net, opt, x_all, y_all, cfg, g))
+        losses.append(train_epoch(net, opt, x_all, y_all, cfg, g, factor))
         sched.step()
         if epoch % e.test_every == 0 or epoch == epochs:
             curve.append((epoch, test_accuracy(net, test, cfg, device)))

@@ -1,4 +1,5 @@
-"""Everything a run writes: synthetic.pt, summary.json, config.yaml, grid.png, curves.png.
+"""What a run writes beside its synthetic set (``pipeline/synthetic.py``): summary.json,
+config.yaml, grid.png, curves.png.
 
 ``path`` is a local path or any fsspec URL. Files are written to a temporary name and moved,
 so a crash never leaves a half-written file under the final name.
@@ -27,19 +28,6 @@ def _atomic(path, write) -> str:
     write(buf)
     storage.write_bytes_atomic(str(path), buf.getvalue())
     return str(path)
-
-
-def save_synthetic(path: str | Path, images: torch.Tensor, labels: torch.Tensor, factor: int,
-                   class_names: list[str]) -> str:
-    """Stored images (N, C, H, W) float32 in [0, 1] and labels (N,); ``decode(images, factor)``
-    gives the training set. Loads with ``torch.load(path, weights_only=True)``."""
-    payload = {"images": images.detach().float().cpu().contiguous(), "labels": labels.cpu().long(),
-               "factor": int(factor), "class_names": list(class_names)}
-    return _atomic(path, lambda f: torch.save(payload, f))
-
-
-def load_synthetic(path) -> dict[str, Any]:
-    return torch.load(io.BytesIO(storage.read_bytes(str(path))), weights_only=True, map_location="cpu")
 
 
 def write_json(path, obj: Any) -> str:

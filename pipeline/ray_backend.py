@@ -173,11 +173,13 @@ def _span(classes: list[int]) -> str:
     return f"{classes[0]}..{classes[-1]}" if len(classes) > 1 else str(classes[0])
 
 
-def evaluate_remote(jobs: list[dict], images, labels, cfg: RunConfig) -> tuple[list, list[dict]]:
+def evaluate_remote(jobs: list[dict], source, cfg: RunConfig) -> tuple[list, list[dict]]:
     """Run ``train_and_test`` for each job as a Ray task, holding ``ray.eval_gpus`` of a GPU
     each when the cluster has GPUs (and device is not cpu). Each task reads the test split on
-    its own node (``load_split_here``); only the synthetic set travels from the driver. Returns
-    the results and, per job, what it held: ``{"gpu_ids", "resources", "warning"}``."""
+    its own node (``load_split_here``) and the synthetic set ``source`` from the run directory
+    that stores it (a URL), so nothing heavy passes through the driver; a set in memory (a
+    ``SyntheticSet``) goes through the object store. Returns the results and, per job, what it
+    held: ``{"gpu_ids", "resources", "warning"}``."""
     import ray
 
     share = float(cfg.ray.eval_gpus)
@@ -188,8 +190,8 @@ def evaluate_remote(jobs: list[dict], images, labels, cfg: RunConfig) -> tuple[l
                             f"{gpus:g}{_waited(wait)}; set device=cpu or device=auto")
     gpu = cfg.device != "cpu" and gpus >= share
     task = ray.remote(_evaluate_one).options(num_cpus=cfg.ray.eval_cpus, num_gpus=share if gpu else 0)
-    refs = dict(images=ray.put(images), labels=ray.put(labels))
-    futures = [task.remote(refs["images"], refs["labels"], j["arch"], cfg, j["seed"],
+    train = source if isinstance(source, str) else ray.put(source)
+    futures = [task.remote(train, j["arch"], cfg, j["seed"],
                            f"evaluation {j['arch']} run {j['run'] + 1}") for j in jobs]
     out = []
     for j, ref in zip(jobs, futures, strict=True):
@@ -202,19 +204,22 @@ def evaluate_remote(jobs: list[dict], images, labels, cfg: RunConfig) -> tuple[l
     return [r for r, _ in out], [p for _, p in out]
 
 
-def _evaluate_one(images, labels, arch, cfg, seed, who):
+def _evaluate_one(source, arch, cfg, seed, who):
     import ray
 
     from m3d_condense.pipeline.data.dataset import load_split_here
     from m3d_condense.pipeline.evaluate import train_and_test
     from m3d_condense.pipeline.logs import log, setup_logging
+    from m3d_condense.pipeline.synthetic import SyntheticSet
     from m3d_condense.pipeline.worker import check_assigned_gpus, pick_device, ray_gpu_ids
 
     setup_logging()  # a Ray task may run in a fresh process
     warning = check_assigned_gpus(cfg.device, who)
     if warning:  # now, for whoever follows the logs; the driver repeats it with the result
         log.warning(warning)
+    train = SyntheticSet.load(source) if isinstance(source, str) else source
     test = load_split_here(cfg.data, "test")
-    result = train_and_test(images, labels, test, arch, cfg, seed, pick_device(cfg.device), progress=False)
+    result = train_and_test(train.images, train.labels, test, arch, cfg, seed, pick_device(cfg.device),
+                            factor=train.factor)
     return result, {"gpu_ids": ray_gpu_ids(), "warning": warning,
                     "resources": ray.get_runtime_context().get_assigned_resources()}

@@ -15,10 +15,12 @@ from m3d_condense.pipeline.baselines import select_real
 from m3d_condense.pipeline.checkpoint import RunStore
 from m3d_condense.pipeline.config import RunConfig
 from m3d_condense.pipeline.data import StreamingClassCache, open_class_cache
+from m3d_condense.pipeline.data.labeled import class_major_labels
 from m3d_condense.pipeline.diagnostics import moment_report
 from m3d_condense.pipeline.engine import Condenser, condense, initial_images
 from m3d_condense.pipeline.errors import RunError
 from m3d_condense.pipeline.logs import log, setup_logging
+from m3d_condense.pipeline.synthetic import SyntheticSet
 
 
 class GPUUnavailableError(RunError, RuntimeError):
@@ -79,6 +81,7 @@ class ClassWorker:
         # Shown by the driver, which reads them from info() as soon as the actors are up.
         self.warnings = [w for w in [check_assigned_gpus(self.cfg.device, self._who())] if w]
         self.device = pick_device(self.cfg.device)
+        self.run_url = run_url
         self.store = RunStore(run_url)
         start = time.perf_counter()
         self.cache = open_class_cache(self.cfg.data, self.classes, self.device, progress=False, log=self._log)
@@ -138,13 +141,16 @@ class ClassWorker:
         return self.store.save_slice(self.condenser.iteration, self.classes, self.state())
 
     def select(self) -> dict:
-        """The real images the baseline ``cfg.method`` picks from this worker's classes."""
+        """Store the real images the baseline ``cfg.method`` picks from this worker's classes as
+        its slice of the run's synthetic set; returns the slice's index entry."""
         images, labels = select_real(self.cfg, self.cache, self.classes, self.device)
-        return {"classes": self.classes, "images": images.cpu(), "labels": labels, "class_names": self.cache.class_names}
+        picked = SyntheticSet(images.cpu(), labels.cpu(), 1, self.cache.class_names)
+        return {"slice": picked.save_slice(self.run_url, self.classes), "class_names": self.cache.class_names}
 
-    def moments(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
-        """Moment gaps to this worker's real images of ``images`` (its classes' part of the decoded
-        set, with ``labels``) and, for M3D, of the initial set; averaged over its classes."""
+    def moments(self) -> dict:
+        """Moment gaps to this worker's real images of its classes' part of the stored synthetic
+        set (decoded) and, for M3D, of the initial set; averaged over its classes."""
+        images, labels = SyntheticSet.load(self.run_url, self.classes).decoded()
         sets = {"synthetic": (images, labels)}
         if self.condenser is not None:
             initial = initial_images(self.cache, self.classes, self.cfg)
@@ -153,11 +159,14 @@ class ClassWorker:
         gaps = moment_report(sets, self.cache, self.classes, self.cfg, d.encoders, d.real_per_class, self.device)
         return {"gaps": gaps, "classes": len(self.classes)}
 
-    def result(self) -> dict:
-        """What the driver merges at the end: the images and the loss history (not the momentum,
-        which is as large as the images and only a checkpoint needs)."""
-        return {"classes": self.classes, "images": self.condenser.images.cpu(), **self._history(),
-                "restored_from": self.restored_from}
+    def finish(self) -> dict:
+        """Store this worker's condensed images as its slice of the run's synthetic set; returns the
+        slice's index entry and the loss history (the images stay here: no process gathers the
+        whole set)."""
+        condensed = SyntheticSet(self.condenser.images.detach().cpu(), class_major_labels(self.classes, self.cfg.ipc),
+                                 self.cfg.factor, self.cache.class_names)
+        return {"slice": condensed.save_slice(self.run_url, self.classes), "class_names": self.cache.class_names,
+                **self._history(), "restored_from": self.restored_from}
 
     def state(self) -> dict:
         """The condenser's state plus the loss history of this worker's classes: what a

@@ -9,6 +9,7 @@ from m3d_condense.pipeline.cli import main
 from m3d_condense.pipeline.config import DataConfig, EncoderConfig, RunConfig
 from m3d_condense.pipeline.data import ClassCache
 from m3d_condense.pipeline.diagnostics import moment_report
+from m3d_condense.pipeline.synthetic import SyntheticSet, is_stored
 
 TINY = RunConfig(data=DataConfig(num_classes=4, channels=1, image_size=[12, 12], mean=[0.4], std=[0.25]),
                  encoder=EncoderConfig(width=16))
@@ -49,8 +50,8 @@ def test_herding_method_and_moment_diagnostics_in_a_run(tmp_path):
     common = [f"out_dir={tmp_path}", "eval.runs=0", "encoder.width=16", "diagnostics.encoders=1"]
     assert main(["digits", "method=herding", "run_name=h", *common]) == 0
     h = json.loads((tmp_path / "h" / "summary.json").read_text())
-    syn = torch.load(tmp_path / "h" / "synthetic.pt", weights_only=True)
-    assert h["method"] == "herding" and syn["images"].shape[0] == 10 and syn["factor"] == 1
+    syn = SyntheticSet.load(tmp_path / "h")
+    assert h["method"] == "herding" and syn.images.shape[0] == 10 and syn.factor == 1
     assert set(h["moments"]) == {"synthetic"}
     assert main(["digits", "run_name=m", "iterations=20", "batch_real=16", *common]) == 0
     m = json.loads((tmp_path / "m" / "summary.json").read_text())
@@ -66,5 +67,5 @@ def test_whole_method_trains_on_every_training_image_and_stores_no_copy(tmp_path
     s = json.loads((tmp_path / "w" / "summary.json").read_text())
     train = load_split(load_config("digits").data, "train")
     assert s["train_images"] == len(train.labels) > 1000 and 0.0 < s["eval"]["accuracy_mean"] <= 1.0
-    assert not (tmp_path / "w" / "synthetic.pt").exists() and "moments" not in s
+    assert not is_stored(tmp_path / "w") and "moments" not in s
     assert main(["digits", *common, "reevaluate=true"]) == 0  # a rerun reads the training set again

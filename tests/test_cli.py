@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from conftest import REPO, SHARED_DATA, synthetic_classes, write_npz
 from PIL import Image
 
 from m3d_condense.pipeline.cli import main
 from m3d_condense.pipeline.config import ConfigError, list_presets, load_config
+from m3d_condense.pipeline.synthetic import SyntheticSet, is_stored
 
 RUN = REPO / "pipeline" / "run.py"
 FAST = ["iterations=6", "eval.runs=1", "eval.epochs=2", "eval.test_every=1", "log_every=2", "workers=1"]
@@ -27,7 +27,7 @@ def test_digits_run_writes_every_output(tmp_path):
     proc = run_cli("digits", f"out_dir={tmp_path}", "run_name=demo", *FAST)
     assert proc.returncode == 0, proc.stderr
     run_dir = tmp_path / "demo"
-    assert {p.name for p in run_dir.iterdir()} >= {"synthetic.pt", "summary.json", "grid.png", "curves.png",
+    assert {p.name for p in run_dir.iterdir()} >= {"synthetic", "summary.json", "grid.png", "curves.png",
                                                      "config.yaml"}
     summary = json.loads((run_dir / "summary.json").read_text())
     for key in ("preset", "ipc", "factor", "kernel", "iterations", "condense_seconds", "eval"):
@@ -36,10 +36,10 @@ def test_digits_run_writes_every_output(tmp_path):
     ev = summary["eval"]
     assert ev["arch"] == "convnet3" and ev["epochs"] == 2 and len(ev["runs"]) == 1
     assert all(0.0 <= a <= 1.0 for a in ev["runs"]) and 0.0 <= ev["accuracy_mean"] <= 1.0
-    syn = torch.load(run_dir / "synthetic.pt", weights_only=True)
+    syn = SyntheticSet.load(run_dir)
     cfg = load_config("digits")
-    assert syn["images"].shape == (10 * cfg.ipc, 1, 16, 16) and syn["labels"].tolist() == sorted(syn["labels"].tolist())
-    assert syn["images"].min() >= 0 and syn["images"].max() <= 1 and syn["factor"] == cfg.factor
+    assert syn.images.shape == (10 * cfg.ipc, 1, 16, 16) and syn.labels.tolist() == sorted(syn.labels.tolist())
+    assert syn.images.min() >= 0 and syn.images.max() <= 1 and syn.factor == cfg.factor
     with Image.open(run_dir / "grid.png") as im:
         assert im.format == "PNG" and im.height > 10 * 16
     assert "ipc: 1" in (run_dir / "config.yaml").read_text()
@@ -52,7 +52,7 @@ def test_run_script_works_when_copied_elsewhere_like_ray_submit(tmp_path):
     proc = run_cli("digits", f"out_dir={tmp_path / 'out'}", "run_name=x", "eval.runs=0", "iterations=2",
                    cwd=tmp_path, script=script)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "out" / "x" / "synthetic.pt").exists()
+    assert is_stored(tmp_path / "out" / "x")
 
 
 def test_eval_runs_zero_skips_evaluation(tmp_path):
@@ -136,8 +136,8 @@ def test_mnist_preset_runs_on_the_shared_npz(tmp_path):
     args = ["mnist", f"data.root={SHARED_DATA / 'mnist'}", f"out_dir={tmp_path}", "run_name=m", "ipc=1",
             "batch_real=16", "encoder.width=16", "iterations=3", "eval.runs=0", "workers=1"]
     assert main(args) == 0
-    syn = torch.load(tmp_path / "m" / "synthetic.pt", weights_only=True)
-    assert syn["images"].shape == (10, 1, 28, 28) and syn["class_names"][0] == "0"
+    syn = SyntheticSet.load(tmp_path / "m")
+    assert syn.images.shape == (10, 1, 28, 28) and syn.class_names[0] == "0"
 
 
 def test_no_arguments_prints_usage_with_the_presets(capsys):
@@ -163,8 +163,8 @@ def test_custom_preset_takes_size_channels_classes_and_statistics_from_the_manif
     cfg = yaml_config(tmp_path / "c" / "config.yaml")
     assert (cfg["data"]["num_classes"], cfg["data"]["channels"], cfg["data"]["image_size"]) == (3, 3, [12, 12])
     assert cfg["data"]["mean"] == list(m.mean) and cfg["data"]["source"] == "shards"
-    syn = torch.load(tmp_path / "c" / "synthetic.pt", weights_only=True)
-    assert syn["class_names"] == ["class0", "class1", "class2"] and syn["images"].shape == (3, 3, 12, 12)
+    syn = SyntheticSet.load(tmp_path / "c")
+    assert syn.class_names == ["class0", "class1", "class2"] and syn.images.shape == (3, 3, 12, 12)
 
 
 def test_preset_that_disagrees_with_the_manifest_names_the_key_and_the_manifest(tmp_path, capsys):

@@ -12,12 +12,13 @@ import torch
 from conftest import RAY_ENV, REPO, synthetic_classes, write_npz
 
 from m3d_condense.pipeline.cli import main
+from m3d_condense.pipeline.synthetic import SyntheticSet, is_stored
 
 TINY = ["encoder.width=16", "batch_real=16", "eval.runs=0", "log_every=5", "device=cpu"]
 
 
 def _synthetic(out, name):
-    return torch.load(out / name / "synthetic.pt", weights_only=True)["images"]
+    return SyntheticSet.load(out / name).images
 
 
 def _ray(address, workers, *extra):
@@ -98,7 +99,7 @@ def test_actor_that_dies_more_often_than_allowed_is_reported_with_its_classes(ra
     assert proc.returncode == 2
     assert "died and was restarted ray.max_restarts times" in err and "(classes " in err
     assert json.loads((tmp_path / "x" / "run.json").read_text())["status"] == "running"
-    assert not (tmp_path / "x" / "synthetic.pt").exists()
+    assert not is_stored(tmp_path / "x")
 
 
 def test_sigkilled_driver_rerun_resumes_from_the_last_checkpoint_and_ends_identical(ray_head, tmp_path,
@@ -109,7 +110,7 @@ def test_sigkilled_driver_rerun_resumes_from_the_last_checkpoint_and_ends_identi
     _wait_for_checkpoint(tmp_path / "d", 20, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    assert not (tmp_path / "d" / "synthetic.pt").exists()
+    assert not is_stored(tmp_path / "d")
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "resumed at iteration" in rerun.stderr
@@ -145,15 +146,29 @@ def test_a_failing_worker_is_reported_with_its_classes_and_error(ray_head, tmp_p
     err = capsys.readouterr().err
     assert "worker 1 (classes 2..3) failed: ShardError" in err and str(shard) in err
     # Nothing was computed: no run.json, so a corrected command is not refused as "a different config".
-    assert not (tmp_path / "f" / "run.json").exists() and not (tmp_path / "f" / "synthetic.pt").exists()
+    assert not (tmp_path / "f" / "run.json").exists() and not is_stored(tmp_path / "f")
 
 
-def test_evaluation_runs_as_ray_tasks(ray_head, tmp_path):
+def test_workers_store_their_own_slices_and_evaluation_tasks_read_the_set_without_the_driver(
+        ray_head, tmp_path, monkeypatch):
+    from m3d_condense.pipeline import driver
+    from m3d_condense.pipeline.data import storage
+
+    read_here = []  # what this process (the driver) reads; actors and tasks are other processes
+    real_read = storage.read_bytes
+    monkeypatch.setattr(storage, "read_bytes", lambda url: read_here.append(url) or real_read(url))
+    monkeypatch.setattr(driver, "GRID_CLASSES", 3)  # grid.png shows classes 0..2: worker 0's slice only
     assert main(["digits", f"out_dir={tmp_path}", "run_name=e", "iterations=4", "encoder.width=16",
                  "batch_real=16", "eval.runs=2", "eval.epochs=2", "eval.test_every=1", "device=cpu",
-                 *_ray(ray_head[0], 1)]) == 0
+                 *_ray(ray_head[0], 2)]) == 0
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert len(summary["eval"]["runs"]) == 2 and summary["backend"] == "ray"
+    slices = sorted(p.name for p in (tmp_path / "e" / "synthetic").iterdir())
+    assert slices == ["classes-00000-00004.pt", "classes-00005-00009.pt", "index.json"]
+    slice_reads = [u.rsplit("/", 1)[-1] for u in read_here if "/synthetic/classes-" in u]
+    assert slice_reads == ["classes-00000-00004.pt"], "the driver read more of the set than grid.png shows"
+    syn = SyntheticSet.load(tmp_path / "e")
+    assert syn.labels.tolist() == sorted(syn.labels.tolist()) and len(syn) == summary["train_images"]
 
 
 def test_ray_job_submit_of_a_small_preset_to_the_local_head(ray_head, tmp_path):
@@ -169,7 +184,7 @@ def test_ray_job_submit_of_a_small_preset_to_the_local_head(ray_head, tmp_path):
         time.sleep(6)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr)
-    assert (tmp_path / "job" / "synthetic.pt").exists()
+    assert is_stored(tmp_path / "job")
 
 
 def test_workers_spread_over_the_nodes_of_a_multi_node_cluster_give_the_same_set(tmp_path, uninterrupted, capsys):

@@ -17,6 +17,7 @@ from m3d_condense.pipeline.backend import resolve_backend, split_classes
 from m3d_condense.pipeline.checkpoint import fingerprint
 from m3d_condense.pipeline.cli import main
 from m3d_condense.pipeline.config import ConfigError, load_config
+from m3d_condense.pipeline.synthetic import is_stored
 from m3d_condense.pipeline.worker import check_assigned_gpus
 
 # Small runs: the digits preset, a narrow encoder, few iterations, evaluation of 1 epoch.
@@ -98,7 +99,7 @@ def test_actor_given_a_gpu_its_torch_cannot_see_warns_naming_worker_and_node_and
         assert line is not None, err
         assert f"on node {HOST} (127.0.0.1, Ray node " in line and "holds GPU " in line
         assert "CPU-only build" in line and line.endswith("it runs on the CPU (device=auto)")
-    assert (run / "synthetic.pt").exists() and json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert is_stored(run) and json.loads((run / "run.json").read_text())["status"] == "finished"
 
 
 @no_cuda_here
@@ -120,7 +121,7 @@ def test_device_cuda_on_a_gpu_its_torch_cannot_see_fails_naming_worker_and_node(
     assert line.startswith("error: worker 0 (classes 0..4) failed: GPUUnavailableError: worker 0 (classes 0..4) on "
                            f"node {HOST} (127.0.0.1, Ray node "), line
     assert "device=cuda cannot run there" in line
-    assert not (tmp_path / "cuda" / "synthetic.pt").exists()
+    assert not is_stored(tmp_path / "cuda")
 
 
 @no_cuda_here

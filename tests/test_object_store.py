@@ -10,6 +10,7 @@ from m3d_condense.pipeline.cli import main
 from m3d_condense.pipeline.data import ClassShardReader, StorageError, read_manifest
 from m3d_condense.pipeline.data.storage import register_webdataset_schemes
 from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
+from m3d_condense.pipeline.synthetic import SyntheticSet
 
 FAST = ["ipc=1", "workers=1", "iterations=4", "batch_real=8", "encoder.width=16", "eval.epochs=2", "eval.test_every=1",
         "device=cpu"]
@@ -26,7 +27,7 @@ def mnist_like(tmp_path):
 
 def _run(tmp_path, name, root, *extra):
     assert main(["mnist", f"data.root={root}", f"out_dir={tmp_path / 'runs'}", f"run_name={name}", *FAST, *extra]) == 0
-    return torch.load(tmp_path / "runs" / name / "synthetic.pt", weights_only=True)["images"]
+    return SyntheticSet.load(tmp_path / "runs" / name).images
 
 
 def test_condensing_from_s3_local_shards_and_npz_gives_the_same_synthetic_set(tmp_path, s3_bucket, mnist_like):

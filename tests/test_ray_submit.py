@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from conftest import REPO
+
+from m3d_condense.pipeline.synthetic import SyntheticSet
 
 pytestmark = [pytest.mark.runs_last, pytest.mark.intrusive]
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
@@ -75,7 +76,7 @@ def test_ray_up_and_ray_submit_with_the_local_provider_run_the_pipeline(ssh_key,
         out = submit.stdout + submit.stderr
         assert submit.returncode == 0, out[-5000:]
         assert "2 worker(s) on 1 node(s)" in out
-        syn = torch.load(tmp_path / "submitted" / "synthetic.pt", weights_only=True)
-        assert syn["images"].shape == (10, 1, 16, 16)
+        syn = SyntheticSet.load(tmp_path / "submitted")
+        assert syn.images.shape == (10, 1, 16, 16)
     finally:
         subprocess.run([RAY, "down", "-y", str(config)], cwd=REPO, env=env, capture_output=True, timeout=300)

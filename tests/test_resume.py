@@ -12,7 +12,7 @@ import torch
 from conftest import REPO
 
 from m3d_condense.pipeline.cli import main
-from m3d_condense.pipeline.data import storage
+from m3d_condense.pipeline.synthetic import SyntheticSet
 
 TINY = ["encoder.width=16", "batch_real=16", "log_every=5", "device=cpu", "workers=1"]
 
@@ -21,20 +21,15 @@ def _args(out, name, *extra):
     return ["digits", f"out_dir={out}", f"run_name={name}", *TINY, *extra]
 
 
-def _images(url):
-    import io
-    return torch.load(io.BytesIO(storage.read_bytes(url)), weights_only=True)["images"]
-
-
 def test_rerun_of_a_finished_run_does_nothing_unless_asked_to_reevaluate(tmp_path, capsys):
     args = _args(tmp_path, "r", "iterations=5", "eval.runs=1", "eval.epochs=1")
     assert main(args) == 0
     first = json.loads((tmp_path / "r" / "summary.json").read_text())
-    mtime = (tmp_path / "r" / "synthetic.pt").stat().st_mtime_ns
+    mtime = (tmp_path / "r" / "synthetic" / "index.json").stat().st_mtime_ns
     capsys.readouterr()
     assert main(args) == 0
     assert "finished earlier; nothing to do" in capsys.readouterr().err
-    assert (tmp_path / "r" / "synthetic.pt").stat().st_mtime_ns == mtime
+    assert (tmp_path / "r" / "synthetic" / "index.json").stat().st_mtime_ns == mtime
     assert main([*args, "reevaluate=true", "eval.runs=2"]) == 0
     err = capsys.readouterr().err
     assert "condensed earlier; evaluating" in err and "eval convnet3 run 2/2" in err
@@ -68,7 +63,7 @@ def test_sigkilled_local_run_with_its_run_directory_on_s3_resumes_to_the_identic
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "resumed at iteration" in rerun.stderr
-    assert torch.equal(_images(f"{s3_bucket}/killed/synthetic.pt"), _images(f"{s3_bucket}/straight/synthetic.pt"))
+    assert torch.equal(SyntheticSet.load(f"{s3_bucket}/killed").images, SyntheticSet.load(f"{s3_bucket}/straight").images)
     fs.invalidate_cache()
     assert [p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket}/killed/checkpoints")] == ["it0000040"]
     assert json.loads(fs.cat(run_json))["status"] == "finished"

@@ -1,0 +1,178 @@
+"""A condensed set: ``SyntheticSet`` in memory, and its stored form in a run directory.
+
+A run stores its set in slices, one per worker, plus an index written last::
+
+    synthetic/index.json                  {"format", "factor", "class_names", "slices": [...]}
+    synthetic/classes-00000-00124.pt      {"images", "labels", "classes", "factor"} of classes 0..124
+
+Each worker writes the slice of its own classes, so no process ever holds the whole set to
+store it; the driver writes only the index. ``SyntheticSet.load(run_dir)`` reads all of it back
+(or, with ``classes``, only the slices that hold those classes). Run directories written before
+the slices existed hold one ``synthetic.pt`` of the same fields, which ``load`` still reads.
+
+Images are stored as optimised: (N, C, H, W) float32 in [0, 1], each holding ``factor`` x
+``factor`` tiles (multi-formation; 1 for the selection baselines). The training set they stand
+for is ``decoded()``: N * factor^2 images. As a ``torch.utils.data.Dataset`` a SyntheticSet
+yields those decoded images, one (image (C, H, W) float32 in [0, 1], label) pair each.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+
+from m3d_condense.models import decode, decode_rows
+from m3d_condense.pipeline.data import storage
+from m3d_condense.pipeline.errors import RunError
+
+FORMAT = "m3d-synthetic/1"
+FOLDER = "synthetic"
+INDEX = f"{FOLDER}/index.json"
+LEGACY_FILE = "synthetic.pt"  # one file with the whole set: run directories from before the slices
+
+
+class SyntheticSetError(RunError, ValueError):
+    """A run directory holds no synthetic set, or its index or a slice is unreadable."""
+
+
+@dataclass
+class SyntheticSet(torch.utils.data.Dataset):
+    """``images`` (N, C, H, W) float32 in [0, 1] as stored, ``labels`` (N,) int64 class indices
+    into ``class_names``, and the multi-formation ``factor`` (``decode`` gives the training set)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    factor: int
+    class_names: list[str]
+
+    # the training set it stands for -----------------------------------------------------------
+    @property
+    def tiles(self) -> int:
+        """Training images per stored image: factor^2."""
+        return self.factor * self.factor
+
+    def __len__(self) -> int:
+        return len(self.labels) * self.tiles
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        """Decoded training image ``i`` (C, H, W) in [0, 1] and its class."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} decoded images")
+        i %= len(self)
+        return decode_rows(self.images, torch.tensor([i]), self.factor)[0], int(self.labels[i // self.tiles])
+
+    def decoded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All training images (N * factor^2, C, H, W) in [0, 1] and their labels."""
+        return decode(self.images, self.factor), self.training_labels()
+
+    def training_labels(self) -> torch.Tensor:
+        """The class of every decoded training image: (N * factor^2,)."""
+        return self.labels.repeat_interleave(self.tiles)
+
+    def of_classes(self, classes: Iterable[int]) -> SyntheticSet:
+        """The rows of ``classes`` only (class indices keep their meaning)."""
+        keep = torch.isin(self.labels, torch.tensor(sorted(set(classes)), dtype=self.labels.dtype))
+        return SyntheticSet(self.images[keep], self.labels[keep], self.factor, self.class_names)
+
+    # stored form ---------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, run_dir: str, classes: Iterable[int] | None = None) -> SyntheticSet:
+        """The set a run stored under ``run_dir`` (a path or fsspec URL). With ``classes``, only the
+        slices holding those classes are read and only their rows returned."""
+        run_dir = str(run_dir)
+        wanted = None if classes is None else sorted({int(c) for c in classes})
+        index_url = storage.join(run_dir, INDEX)
+        if not storage.exists(index_url):
+            legacy = storage.join(run_dir, LEGACY_FILE)
+            if storage.exists(legacy):
+                whole = cls._from_payload(_read_pt(legacy), legacy)
+                return whole if wanted is None else whole.of_classes(wanted)
+            raise SyntheticSetError(f"{run_dir}: no synthetic set ({INDEX} is missing; has the run condensed?)")
+        index = read_index(run_dir)
+        parts = []
+        for entry in index["slices"]:
+            first, last = entry["classes"]
+            if wanted is not None and not any(first <= c <= last for c in wanted):
+                continue
+            url = storage.join(run_dir, FOLDER, entry["file"])
+            parts.append(cls._from_payload(_read_pt(url), url, index["class_names"]))
+        if not parts:
+            raise SyntheticSetError(f"{index_url}: no slice holds classes {wanted[:10]}")
+        merged = SyntheticSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                              int(index["factor"]), list(index["class_names"]))
+        return merged if wanted is None else merged.of_classes(wanted)
+
+    @classmethod
+    def _from_payload(cls, payload: dict[str, Any], url: str, class_names: list[str] | None = None) -> SyntheticSet:
+        try:
+            return cls(payload["images"].float(), payload["labels"].long(), int(payload["factor"]),
+                       list(class_names if class_names is not None else payload["class_names"]))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise SyntheticSetError(f"{url}: not a synthetic set slice (missing or malformed {e})") from None
+
+    def save_slice(self, run_dir: str, classes: list[int]) -> dict[str, Any]:
+        """Write this set (the rows of ``classes``, a contiguous range) as one slice of the run under
+        ``run_dir``; returns its index entry. Rewriting a slice replaces it whole."""
+        classes = sorted(int(c) for c in classes)
+        name = f"classes-{classes[0]:05d}-{classes[-1]:05d}.pt"
+        payload = {"images": self.images.detach().float().cpu().contiguous(), "labels": self.labels.cpu().long(),
+                   "classes": classes, "factor": int(self.factor)}
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        storage.write_bytes_atomic(storage.join(run_dir, FOLDER, name), buf.getvalue())
+        return {"file": name, "classes": [classes[0], classes[-1]], "rows": len(self.labels),
+                "bytes": buf.getbuffer().nbytes}
+
+    def save(self, run_dir: str) -> None:
+        """Store the whole set under ``run_dir`` as one slice and its index."""
+        classes = list(range(len(self.class_names)))
+        write_index(run_dir, [self.save_slice(run_dir, classes)], self.factor, self.class_names)
+
+
+def write_index(run_dir: str, slices: list[dict[str, Any]], factor: int, class_names: list[str]) -> None:
+    """The index of a stored set, written after every slice it lists: a reader that finds it finds
+    the whole set. ``slices`` are ``save_slice``'s entries, in any order."""
+    slices = sorted(slices, key=lambda s: s["classes"][0])
+    index = {"format": FORMAT, "factor": int(factor), "class_names": list(class_names),
+             "rows": sum(s["rows"] for s in slices), "slices": slices}
+    storage.write_bytes_atomic(storage.join(run_dir, INDEX), (json.dumps(index, indent=1) + "\n").encode())
+
+
+def read_index(run_dir: str) -> dict[str, Any]:
+    """``synthetic/index.json`` of ``run_dir``, checked."""
+    url = storage.join(str(run_dir), INDEX)
+    try:
+        index = json.loads(storage.read_bytes(url))
+    except json.JSONDecodeError as e:
+        raise SyntheticSetError(f"{url}: not valid JSON ({e})") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT or "slices" not in index:
+        raise SyntheticSetError(f"{url}: not a synthetic set index (expected format {FORMAT!r})")
+    return index
+
+
+def training_size(source: SyntheticSet | str) -> int:
+    """How many decoded training images the set ``source`` (in memory, or the run directory
+    storing it) stands for; for a stored set read from its index alone."""
+    if isinstance(source, SyntheticSet):
+        return len(source)
+    if not storage.exists(storage.join(str(source), INDEX)):  # a legacy synthetic.pt: small, read it
+        return len(SyntheticSet.load(source))
+    index = read_index(source)
+    return int(index["rows"]) * int(index["factor"]) ** 2
+
+
+def is_stored(run_dir: str) -> bool:
+    """Whether ``run_dir`` holds a complete stored set (an index, or a legacy synthetic.pt)."""
+    return storage.exists(storage.join(str(run_dir), INDEX)) or storage.exists(storage.join(str(run_dir), LEGACY_FILE))
+
+
+def _read_pt(url: str) -> dict[str, Any]:
+    try:
+        return torch.load(io.BytesIO(storage.read_bytes(url)), weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise SyntheticSetError(f"{url}: listed in the synthetic set's index but missing") from None
+    except (RuntimeError, EOFError, ValueError) as e:  # truncated or not a torch file
+        raise SyntheticSetError(f"{url}: unreadable synthetic set slice ({e})") from None
