@@ -2,13 +2,15 @@
 under one import name (``pip install`` maps the folders with setuptools' ``package-dir``), so
 nothing generic such as ``models`` or ``pipeline`` lands in site-packages.
 
-The library API is importable from here: ``from m3d_condense import SyntheticSet``. Names are
+The library API is importable from here: ``from m3d_condense import condense, evaluate,
+SyntheticSet`` (``pipeline/api.py``, ``pipeline/synthetic.py``). Names are
 resolved on first use, so ``import m3d_condense.kernels`` stays as light as it was.
 """
 from importlib import import_module
 from typing import Any
 
-_API = {"SyntheticSet": "m3d_condense.pipeline.synthetic"}
+_API = {"SyntheticSet": "m3d_condense.pipeline.synthetic", "condense": "m3d_condense.pipeline.api",
+        "evaluate": "m3d_condense.pipeline.api"}
 __all__ = sorted(_API)
 
 

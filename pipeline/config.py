@@ -169,6 +169,16 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking, off by default; the records are summary.json's (``pipeline/tracking.py``)."""
+
+    tensorboard: bool = operational(False)  # TensorBoard event files in RUN_DIR/tensorboard (needs `tensorboard`)
+    mlflow: bool = operational(False)  # an MLflow run in a local file store (needs `mlflow-skinny`)
+    mlflow_uri: str | None = operational(None)  # the tracking URI; None: RUN_DIR/mlruns (local runs only)
+    experiment: str | None = operational(None)  # MLflow experiment name; None: the preset
+
+
+@dataclass
 class AugmentConfig(AugmentSpec):
     """models.AugmentSpec with its choices typed, so a wrong op is refused naming its key. What
     to apply, in the released order: flip (if on), colour (if on), ONE op of ``geometric``
@@ -269,6 +279,7 @@ class RunConfig:
     data: DataConfig = shaping(factory=DataConfig)
     diagnostics: DiagnosticsConfig = operational(factory=DiagnosticsConfig)
     eval: EvalConfig = operational(factory=EvalConfig)
+    tracking: TrackingConfig = operational(factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         _at_least(self, "", 1, "ipc", "factor", "iterations", "ipm", "batch_real", "log_every", "workers")

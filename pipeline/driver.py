@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from m3d_condense.pipeline import outputs, synthetic
+from m3d_condense.pipeline import outputs, synthetic, tracking
 from m3d_condense.pipeline.backend import WorkerGroup, resolve_backend, start_workers
 from m3d_condense.pipeline.baselines import select_real
 from m3d_condense.pipeline.checkpoint import RunState, RunStore, Status
@@ -59,6 +59,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
         log.info(f"{run_url} finished earlier; nothing to do (reevaluate=true evaluates its synthetic set again)")
         return outputs.read_json(storage.join(run_url, "summary.json"))
     outputs.write_config(storage.join(run_url, "config.yaml"), cfg)
+    tracking.check_tracking(cfg)  # a missing tracking package fails now, not after condensing
     log.info(f"{cfg.preset}: method={cfg.method} kernel={cfg.kernel} ipc={cfg.ipc} factor={cfg.factor} -> {run_url}")
     backend, workers = resolve_backend(cfg)
     # Driver-side work (the whole-set baseline, in-process evaluation) runs here; under Ray the
@@ -81,6 +82,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
         summary["eval"] = summary["evals"][0]
     summary["driver_peak_bytes"] = peak_rss_bytes()  # the head node's share of the run, watched at scale
     write_outputs(run_url, summary, syn, curves)
+    for written in tracking.track_run(cfg, run_url, summary, curves):
+        log.info(written)
     store.record_finished(state)
     log.info(f"wrote {run_url}")
     return summary

@@ -126,6 +126,14 @@ class SyntheticSet(torch.utils.data.Dataset):
         return {"file": name, "classes": [classes[0], classes[-1]], "rows": len(self.labels),
                 "bytes": buf.getbuffer().nbytes}
 
+    def export(self, dest: str, format: str = "imagefolder", **options: Any) -> str:
+        """Write the decoded set to ``dest`` as ``imagefolder`` (PNGs in ``train/<class>/``),
+        ``webdataset`` (shards and manifest our data layer reads) or ``parquet`` (images and
+        labels for Hugging Face ``datasets``); see ``pipeline/export.py``. Returns ``dest``."""
+        from m3d_condense.pipeline.export import export  # the writers' imports are only paid here
+
+        return export(self, dest, format, **options)
+
     def save(self, run_dir: str) -> None:
         """Store the whole set under ``run_dir`` as one slice and its index."""
         classes = list(range(len(self.class_names)))

@@ -155,6 +155,21 @@ def _svhn(folder: Path) -> Source | None:
     return Source("svhn", str(folder), splits)
 
 
+# ----------------------------------------------------------------------------- arrays in memory
+def arrays_source(splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str],
+                  origin: str = "arrays") -> Source:
+    """A source of images already in memory: per split, uint8 (N, H, W, C) images (C 1 or 3) and
+    (N,) labels in 0..len(class_names)-1. ``origin`` names it in messages."""
+    out = {}
+    for name, (x, y) in splits.items():
+        x = np.asarray(x)
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+            raise SourceError(f"{origin} {name}: images must be uint8 (N, H, W, C) with C 1 or 3, got {x.dtype} "
+                              f"{x.shape}")
+        out[name] = _by_class(x, y, list(class_names), f"{origin} {name}")
+    return Source("arrays", origin, out)
+
+
 # ----------------------------------------------------------------------------- npz
 def _npz_split(path: Path) -> SourceSplit:
     try:

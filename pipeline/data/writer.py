@@ -169,13 +169,14 @@ def _previous_rows(dest: str) -> dict[str, tuple[str, int]]:
         return {}
 
 
-def prepare(source: str, dest: str, opts: PrepareOptions = PrepareOptions(), log=print) -> Manifest:
-    """Read ``source`` (a local file or folder), write shards and the manifest under ``dest``."""
+def prepare(source: str | Source, dest: str, opts: PrepareOptions = PrepareOptions(), log=print) -> Manifest:
+    """Read ``source`` (a local file or folder, or a ``Source`` such as ``sources.arrays_source``),
+    write shards and the manifest under ``dest``."""
     if opts.image_format not in FORMATS:
         raise ValueError(f"unknown format {opts.image_format!r}; choose one of {', '.join(FORMATS)}")
     if opts.shard_size < 1 or opts.workers < 1:
         raise ValueError("--shard-size and --workers must be >= 1")
-    src = open_source(source)
+    src = source if isinstance(source, Source) else open_source(source)
     splits = _select(src, opts)
     storage.check_writable(dest)
     image_format = _format_for([r for sp in splits.values() for items in sp.items for r in items[:1]],
