@@ -72,7 +72,8 @@ def evaluate(train: Any, test: Any, *, preset: str = "custom", archs: list[str] 
     ``train``: a ``SyntheticSet``, a run directory, a prepared data root or a local folder (its
     train split), or any dataset ``condense`` accepts (real images, e.g. another method's set or
     a coreset). ``test``: a prepared data root or local folder (its test split) or any dataset.
-    Normalisation: the preset's mean and std, else those measured on ``test``."""
+    Normalisation: the preset's mean and std, else those a condensed set carries (its real
+    training data's), else those measured on ``test``."""
     setup_logging()
     test_images = labeled_test(test)
     train_set = training_set(train, test_images.class_names)
@@ -82,10 +83,13 @@ def evaluate(train: Any, test: Any, *, preset: str = "custom", archs: list[str] 
             *hydra_overrides({"eval": {k: v for k, v in (("archs", archs), ("runs", runs), ("epochs", epochs))
                                        if v is not None}})]
     args += hydra_overrides(overrides)
-    if compose_config(preset, args).data.mean is None:  # the preset has no statistics (custom): measure them
-        pixels = test_images.images.float().div_(255.0)
-        args += hydra_overrides({"data": {"mean": pixels.mean(dim=(0, 2, 3)).tolist(),
-                                          "std": pixels.std(dim=(0, 2, 3)).tolist()}})
+    if compose_config(preset, args).data.mean is None:  # the preset has no statistics (custom)
+        if train_set.mean is not None and train_set.std is not None:  # the real training data's, stored with the set
+            stats = {"mean": train_set.mean, "std": train_set.std}
+        else:
+            pixels = test_images.images.float().div_(255.0)
+            stats = {"mean": pixels.mean(dim=(0, 2, 3)).tolist(), "std": pixels.std(dim=(0, 2, 3)).tolist()}
+        args += hydra_overrides({"data": stats})
     cfg = load_config(preset, args)
     if len(train_set.class_names) != cfg.data.num_classes:
         raise ConfigError(f"the training set has {len(train_set.class_names)} classes, the test set "

@@ -108,7 +108,8 @@ def synthesize(cfg: RunConfig, store: RunStore, state: RunState, backend: str, w
             parts, history, it_per_s = condense(cfg, store, state, group, progress)
         else:  # a selection baseline: real images, stored without multi-formation
             parts, history = group.call("select"), []
-        synthetic.write_index(store.url, [p["slice"] for p in parts], cfg.stored_factor, parts[0]["class_names"])
+        synthetic.write_index(store.url, [p["slice"] for p in parts], cfg.stored_factor, parts[0]["class_names"],
+                              cfg.data.mean, cfg.data.std)
         syn = Synthesized(store.url, history)
     store.record_condensed(state, time.perf_counter() - start, it_per_s,
                            [[t, statistics.fmean(v)] for t, v in syn.history])
@@ -175,7 +176,7 @@ def whole_set(cfg: RunConfig, device: torch.device, progress: bool) -> Synthetic
     classes = list(range(cfg.data.num_classes))
     cache = open_class_cache(cfg.data, classes, device, log=log.info, progress=progress)
     images, labels = select_real(cfg, cache, classes, device)
-    return SyntheticSet(images.cpu(), labels.cpu(), 1, cache.class_names)
+    return SyntheticSet(images.cpu(), labels.cpu(), 1, cache.class_names, cfg.data.mean, cfg.data.std)
 
 
 # diagnose ----------------------------------------------------------------------------------

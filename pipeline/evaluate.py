@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -83,7 +84,7 @@ def test_accuracy(model: torch.nn.Module, test: LabeledImages, cfg: RunConfig, d
     return correct / len(test.labels)
 
 
-def _cutmix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+def cutmix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
     """CutMix (Yun et al. 2019) with lambda ~ Beta(1, 1); returns mixed x, partner labels, lambda."""
     n, _, h, w = x.shape
     lam = float(torch.rand(1, generator=g))
@@ -111,26 +112,35 @@ def train_batch(x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor, cfg
     return augment(cfg.data.normalize(x), u, torch.arange(len(idx)), cfg.eval.augment), y
 
 
+def epoch_batches(x_all: torch.Tensor, y_all: torch.Tensor, cfg: RunConfig, g: torch.Generator,
+                  factor: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]]:
+    """One epoch of the training set of the stored images ``x_all`` (N, C, H, W) in [0, 1]
+    (``y_all``: N * factor^2 labels) as the evaluation trains on it: random mini-batches with the
+    recipe's augmentation (``train_batch``), then CutMix on ``eval.cutmix_prob`` of them. Yields
+    (x, y, y_b, lam): the loss is ``lam * CE(x, y) + (1 - lam) * CE(x, y_b)``; y_b None: no CutMix."""
+    for idx in torch.randperm(len(y_all), generator=g).split(cfg.eval.batch_size):
+        x, y = train_batch(x_all, y_all, idx.to(x_all.device), cfg, g, factor)
+        if float(torch.rand(1, generator=g)) < cfg.eval.cutmix_prob:
+            x, y_b, lam = cutmix(x, y, g)
+            yield x, y, y_b, lam
+        else:
+            yield x, y, None, 1.0
+
+
 def train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, x_all: torch.Tensor, y_all: torch.Tensor,
                 cfg: RunConfig, g: torch.Generator, factor: int = 1) -> float:
-    """One epoch of SGD over the training set of the stored images ``x_all`` (N, C, H, W) in
-    [0, 1] (``y_all``: N * factor^2 labels) in random mini-batches, with the recipe's augmentation
-    and CutMix; returns the mean training loss."""
-    total = torch.zeros((), device=x_all.device)
-    batches = torch.randperm(len(y_all), generator=g).split(cfg.eval.batch_size)
-    for idx in batches:
-        x, y = train_batch(x_all, y_all, idx.to(x_all.device), cfg, g, factor)
-        mix = float(torch.rand(1, generator=g)) < cfg.eval.cutmix_prob
-        if mix:
-            x, y_b, lam = _cutmix(x, y, g)
+    """One epoch of SGD over ``epoch_batches``; returns the mean training loss."""
+    total, batches = torch.zeros((), device=x_all.device), 0
+    for x, y, y_b, lam in epoch_batches(x_all, y_all, cfg, g, factor):
         with autocast(x_all.device, cfg.eval.precision):
             out = net(x).float()
-        loss = lam * F.cross_entropy(out, y) + (1 - lam) * F.cross_entropy(out, y_b) if mix else F.cross_entropy(out, y)
+        loss = F.cross_entropy(out, y) if y_b is None else lam * F.cross_entropy(out, y) + (1 - lam) * F.cross_entropy(out, y_b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         total += loss.detach()
-    return float(total) / len(batches)
+        batches += 1
+    return float(total) / batches
 
 
 def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: LabeledImages, arch: str, cfg: RunConfig,

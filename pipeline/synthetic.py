@@ -41,12 +41,16 @@ class SyntheticSetError(RunError, ValueError):
 @dataclass
 class SyntheticSet(torch.utils.data.Dataset):
     """``images`` (N, C, H, W) float32 in [0, 1] as stored, ``labels`` (N,) int64 class indices
-    into ``class_names``, and the multi-formation ``factor`` (``decode`` gives the training set)."""
+    into ``class_names``, and the multi-formation ``factor`` (``decode`` gives the training set).
+    ``mean`` and ``std`` (per channel, pixels in [0, 1]) are the normalisation of the real data
+    it was condensed from, when known: a network trained on it should normalise with them."""
 
     images: torch.Tensor
     labels: torch.Tensor
     factor: int
     class_names: list[str]
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
     # the training set it stands for -----------------------------------------------------------
     @property
@@ -75,7 +79,7 @@ class SyntheticSet(torch.utils.data.Dataset):
     def of_classes(self, classes: Iterable[int]) -> SyntheticSet:
         """The rows of ``classes`` only (class indices keep their meaning)."""
         keep = torch.isin(self.labels, torch.tensor(sorted(set(classes)), dtype=self.labels.dtype))
-        return SyntheticSet(self.images[keep], self.labels[keep], self.factor, self.class_names)
+        return SyntheticSet(self.images[keep], self.labels[keep], self.factor, self.class_names, self.mean, self.std)
 
     # stored form ---------------------------------------------------------------------------------
     @classmethod
@@ -102,7 +106,7 @@ class SyntheticSet(torch.utils.data.Dataset):
         if not parts:
             raise SyntheticSetError(f"{index_url}: no slice holds classes {wanted[:10]}")
         merged = SyntheticSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
-                              int(index["factor"]), list(index["class_names"]))
+                              int(index["factor"]), list(index["class_names"]), index.get("mean"), index.get("std"))
         return merged if wanted is None else merged.of_classes(wanted)
 
     @classmethod
@@ -126,6 +130,13 @@ class SyntheticSet(torch.utils.data.Dataset):
         return {"file": name, "classes": [classes[0], classes[-1]], "rows": len(self.labels),
                 "bytes": buf.getbuffer().nbytes}
 
+    def batches(self, batch_size: int | None = None, **options: Any):
+        """Mini-batches of the decoded set for your own training loop, augmented and normalised
+        exactly as our evaluation draws them: ``pipeline/train_batches.py`` (``TrainingBatches``)."""
+        from m3d_condense.pipeline.train_batches import TrainingBatches
+
+        return TrainingBatches(self, batch_size, **options)
+
     def export(self, dest: str, format: str = "imagefolder", **options: Any) -> str:
         """Write the decoded set to ``dest`` as ``imagefolder`` (PNGs in ``train/<class>/``),
         ``webdataset`` (shards and manifest our data layer reads) or ``parquet`` (images and
@@ -137,14 +148,18 @@ class SyntheticSet(torch.utils.data.Dataset):
     def save(self, run_dir: str) -> None:
         """Store the whole set under ``run_dir`` as one slice and its index."""
         classes = list(range(len(self.class_names)))
-        write_index(run_dir, [self.save_slice(run_dir, classes)], self.factor, self.class_names)
+        write_index(run_dir, [self.save_slice(run_dir, classes)], self.factor, self.class_names, self.mean, self.std)
 
 
-def write_index(run_dir: str, slices: list[dict[str, Any]], factor: int, class_names: list[str]) -> None:
+def write_index(run_dir: str, slices: list[dict[str, Any]], factor: int, class_names: list[str],
+                mean: list[float] | None = None, std: list[float] | None = None) -> None:
     """The index of a stored set, written after every slice it lists: a reader that finds it finds
-    the whole set. ``slices`` are ``save_slice``'s entries, in any order."""
+    the whole set. ``slices`` are ``save_slice``'s entries, in any order; ``mean``/``std`` the
+    real data's normalisation."""
     slices = sorted(slices, key=lambda s: s["classes"][0])
     index = {"format": FORMAT, "factor": int(factor), "class_names": list(class_names),
+             "mean": None if mean is None else [float(v) for v in mean],
+             "std": None if std is None else [float(v) for v in std],
              "rows": sum(s["rows"] for s in slices), "slices": slices}
     storage.write_bytes_atomic(storage.join(run_dir, INDEX), (json.dumps(index, indent=1) + "\n").encode())
 

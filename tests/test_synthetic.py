@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from m3d_condense.models import decode, decode_rows
-from m3d_condense.pipeline.config import load_config
+from m3d_condense.pipeline.config import ConfigError, load_config
 from m3d_condense.pipeline.data import LabeledImages, storage
 from m3d_condense.pipeline.evaluate import train_and_test
 from m3d_condense.pipeline.synthetic import SyntheticSet, SyntheticSetError, training_size, write_index
@@ -119,3 +119,55 @@ def test_save_then_load_round_trips_through_an_object_store(s3_bucket):
     assert torch.equal(back.images, syn.images) and torch.equal(back.labels, syn.labels) and back.factor == 1
     raw = storage.read_bytes(f"{s3_bucket}/roundtrip/synthetic/classes-00000-00005.pt")
     assert set(torch.load(io.BytesIO(raw), weights_only=True)) == {"images", "labels", "classes", "factor"}
+
+
+def _stats_set(factor=2):
+    syn = _set([0, 1, 2, 3, 4, 5], ipc=2, factor=factor)
+    return SyntheticSet(syn.images, syn.labels, factor, NAMES, [0.4, 0.5, 0.6], [0.2, 0.25, 0.3])
+
+
+def test_training_batches_cover_every_decoded_image_once_per_epoch_normalised_with_the_sets_statistics():
+    syn = _stats_set()
+    plain = {"augment": {"flip": False, "color": False, "geometric": ["crop"], "crop_ratio": 0.0}, "cutmix_prob": 0.0}
+    batches = syn.batches(10, eval=plain)
+    assert len(batches) == 5  # 48 decoded images in batches of 10
+    xs, ys = zip(*batches, strict=True)
+    images, labels = syn.decoded()
+    normalised = (images - torch.tensor(syn.mean).view(1, 3, 1, 1)) / torch.tensor(syn.std).view(1, 3, 1, 1)
+    got = torch.cat(xs)
+    order = [int(torch.nonzero((normalised - x).abs().flatten(1).amax(1) < 1e-5)[0]) for x in got]
+    assert sorted(order) == list(range(48)) and torch.equal(torch.cat(ys), labels[order])
+
+
+def test_training_batches_augment_like_the_evaluation_reproducibly_and_differ_between_epochs():
+    syn = _stats_set()
+    first, again = syn.batches(16, seed=4), syn.batches(16, seed=4)
+    epoch1 = [x for x, _ in first]
+    assert all(torch.equal(a, b) for a, b in zip(epoch1, [x for x, _ in again], strict=True))
+    epoch2 = [x for x, _ in first]
+    assert not torch.equal(epoch1[0], epoch2[0])
+    assert first.cfg.eval.augment.op_per == "batch" and first.cfg.eval.augment.flip  # the released DSA
+
+
+def test_training_batches_with_cutmix_give_label_probabilities_mixed_on_about_half_the_batches():
+    syn = _stats_set(factor=1)
+    syn = SyntheticSet(torch.rand(600, 3, 8, 8), torch.arange(6).repeat_interleave(100), 1, NAMES, syn.mean, syn.std)
+    ys = [y for _, y in syn.batches(8, cutmix=True, seed=1)]
+    assert all(y.shape == (8, 6) and torch.allclose(y.sum(1), torch.ones(8)) for y in ys)
+    mixed = sum(bool((y.max(1).values < 1).any()) for y in ys) / len(ys)
+    assert 0.3 < mixed < 0.7, mixed  # eval.cutmix_prob = 0.5
+
+
+def test_training_batches_need_a_normalisation_from_the_set_or_the_preset():
+    syn = _set([0, 1, 2, 3, 4, 5])  # carries no mean/std
+    with pytest.raises(ConfigError, match="has no normalisation and the set carries none"):
+        syn.batches(8)
+    x, _ = next(iter(SyntheticSet(syn.images, syn.labels, 2, [str(i) for i in range(10)]).batches(8, preset="cifar10")))
+    assert x.shape == (8, 3, 8, 8)
+
+
+def test_a_stored_set_carries_the_normalisation_of_its_real_data(tmp_path):
+    syn = _stats_set()
+    syn.save(str(tmp_path))
+    back = SyntheticSet.load(tmp_path)
+    assert back.mean == syn.mean and back.std == syn.std
