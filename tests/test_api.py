@@ -58,6 +58,11 @@ def test_condense_a_torchvision_style_dataset_returns_its_set_and_a_rerun_return
     assert summary["iterations"] == 3 and "eval" not in summary
     again = condense(PILDataset(x, y), ipc=1, out_dir=str(tmp_path), progress=False, backend="local", **FAST)
     assert torch.equal(again.images, syn.images) and len(list((tmp_path / "datasets").iterdir())) == 1
+    datasets = pytest.importorskip("datasets")  # the same images as a Hugging Face dataset: the same run
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=NAMES)})
+    hf = datasets.Dataset.from_dict({"image": [Image.fromarray(i) for i in x], "label": y.tolist()}, features=features)
+    from_hf = condense(hf, ipc=1, out_dir=str(tmp_path), progress=False, backend="local", **FAST)
+    assert torch.equal(from_hf.images, syn.images) and len(list((tmp_path / "datasets").iterdir())) == 1
 
 
 def test_tensor_hugging_face_and_array_inputs_read_as_the_same_images_as_pil():
