@@ -90,18 +90,26 @@ class ClassWorker:
                 f"{self._who()}: its classes fit neither half the free GPU memory nor data.cache_gb="
                 f"{self.cfg.data.cache_gb:g}, so every iteration reads and decodes its real batches from the shards "
                 "(slow); raise data.cache_gb, use more workers, or set data.cache=stream to accept it")
-        # M3D condenses; the selection baselines only pick from the cache (select()).
-        self.condenser = Condenser(self.cfg, self.cache, self.classes, self.device) if cfg.method == "m3d" else None
-        per_forward = f"; {self.condenser.chunk} classes per forward" if self.condenser else ""
-        self._log(f"{sum(self.cache.count.values())} real images ready in {time.perf_counter() - start:.1f} s"
-                  f"{per_forward} on {self.device}")
+        self._log(f"{sum(self.cache.count.values())} real images ready in {time.perf_counter() - start:.1f} s "
+                  f"on {self.device}")
+        self._condenser: Condenser | None = None  # see the condenser property
         self.times: list[int] = []
         self.losses: list[torch.Tensor] = []
         self.restored_from = 0
-        run = self.store.read()
-        if self.condenser and run and run.iteration > 0:
-            self._restore(run)
-            self._log(f"restored from the checkpoint of iteration {self.restored_from}")
+
+    @property
+    def condenser(self) -> Condenser:
+        """The M3D engine of this worker's classes, restored from the run's last checkpoint. Built on
+        first use: a worker started for the selection baselines, or for the diagnostics of a run
+        that has condensed, never tunes an engine or reads a checkpoint."""
+        if self._condenser is None:
+            self._condenser = Condenser(self.cfg, self.cache, self.classes, self.device)
+            self._log(f"{self._condenser.chunk} classes per forward")
+            run = self.store.read()
+            if run and run.iteration > 0:
+                self._restore(run)
+                self._log(f"restored from the checkpoint of iteration {self.restored_from}")
+        return self._condenser
 
     def _who(self) -> str:
         return f"{self.prefix or 'worker'} (classes {self.classes[0]}..{self.classes[-1]})"
@@ -117,7 +125,7 @@ class ClassWorker:
         self.restored_from = state["iteration"]
 
     def info(self) -> dict:
-        return {"classes": self.classes, "iteration": self.condenser.iteration if self.condenser else 0,
+        return {"classes": self.classes, "iteration": self.condenser.iteration if self.cfg.method == "m3d" else 0,
                 "restored_from": self.restored_from, "restored_bytes": self.store.bytes_read,
                 "device": str(self.device), "pid": os.getpid(), "host": os.uname().nodename, "node": _node_id(),
                 "class_names": self.cache.class_names, "where": where(), "gpu_ids": ray_gpu_ids(),
@@ -152,7 +160,7 @@ class ClassWorker:
         set (decoded) and, for M3D, of the initial set; averaged over its classes."""
         images, labels = SyntheticSet.load(self.run_url, self.classes).decoded()
         sets = {"synthetic": (images, labels)}
-        if self.condenser is not None:
+        if self.cfg.method == "m3d":
             initial = initial_images(self.cache, self.classes, self.cfg)
             sets["initial"] = (decode(initial, self.cfg.factor), labels)
         d = self.cfg.diagnostics

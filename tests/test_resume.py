@@ -35,6 +35,9 @@ def test_rerun_of_a_finished_run_does_nothing_unless_asked_to_reevaluate(tmp_pat
     assert "condensed earlier; evaluating" in err and "eval convnet3 run 2/2" in err
     second = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert len(second["eval"]["runs"]) == 2 and second["eval"]["runs"][0] == first["eval"]["runs"][0]
+    # The diagnostics read the stored set: the same gaps, and no engine built nor checkpoint read for them.
+    assert second["moments"] == first["moments"] and "moment gaps" in err
+    assert "classes per forward" not in err and "restored from the checkpoint" not in err
 
 
 def test_rerun_with_a_different_condensation_config_is_refused_naming_the_keys(tmp_path, capsys):
