@@ -14,12 +14,10 @@ import hashlib
 from typing import Any
 
 import numpy as np
-import torch
 
 from m3d_condense.pipeline.config import ConfigError, compose_config, load_config
-from m3d_condense.pipeline.data import LabeledImages, storage
-from m3d_condense.pipeline.data.arrays import dataset_arrays, folder_arrays
-from m3d_condense.pipeline.data.dataset import load_split
+from m3d_condense.pipeline.data import storage
+from m3d_condense.pipeline.data.arrays import dataset_arrays, labeled_split
 from m3d_condense.pipeline.data.manifest import FILENAME
 from m3d_condense.pipeline.data.sources import arrays_source
 from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
@@ -75,7 +73,7 @@ def evaluate(train: Any, test: Any, *, preset: str = "custom", archs: list[str] 
     Normalisation: the preset's mean and std, else those a condensed set carries (its real
     training data's), else those measured on ``test``."""
     setup_logging()
-    test_images = labeled_test(test)
+    test_images = labeled_split(test, "test")
     train_set = training_set(train, test_images.class_names)
     data = {"num_classes": len(test_images.class_names), "channels": int(test_images.images.shape[1]),
             "image_size": list(test_images.images.shape[2:])}
@@ -141,35 +139,11 @@ def _hydra_value(v: Any) -> str:
     return str(v)
 
 
-def labeled_test(test: Any) -> LabeledImages:
-    """The test split of ``test`` (a data root, a local folder, or any dataset) in memory."""
-    if _data_root(test):
-        return load_split(_root_config(test), "test")
-    x, y, names = folder_arrays(test, "test") if isinstance(test, str) else dataset_arrays(test)
-    return LabeledImages(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y), names)
-
-
 def training_set(train: Any, class_names: list[str]) -> SyntheticSet:
     """``train`` as a SyntheticSet: a condensed set as it is, real images with factor 1."""
     if isinstance(train, SyntheticSet):
         return train
     if isinstance(train, str) and is_stored(train):
         return SyntheticSet.load(train)
-    if _data_root(train):
-        real = load_split(_root_config(train), "train")
-        images, labels, names = real.images, real.labels, real.class_names
-    else:
-        x, y, names = dataset_arrays(train, None if isinstance(train, str) else class_names)
-        images, labels = torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(y)
-    return SyntheticSet(images.float().div_(255.0), labels.long(), 1, list(names))
-
-
-def _data_root(path: Any) -> bool:
-    """Whether ``path`` is a data root our data layer reads: prepared shards or train/test .npz."""
-    return isinstance(path, str) and any(storage.exists(storage.join(path, f))
-                                         for f in (FILENAME, "train.npz", "test.npz"))
-
-
-def _root_config(root: str):
-    """The data config of the data root ``root``, resolved from its manifest or arrays."""
-    return load_config("custom", [f"data.root={root}", "data.source=auto"]).data
+    real = labeled_split(train, "train", None if isinstance(train, str) else class_names)
+    return SyntheticSet(real.images.float().div_(255.0), real.labels.long(), 1, list(real.class_names))

@@ -37,6 +37,7 @@ import torch
 # top-level module (tests/test_packaging.py checks both).
 from m3d_condense.models import decode
 from m3d_condense.pipeline.data import LabeledImages, storage
+from m3d_condense.pipeline.data.arrays import labeled_split
 from m3d_condense.pipeline.data.shards import encode_image
 from m3d_condense.pipeline.errors import RunError
 
@@ -142,7 +143,10 @@ def as_test_split(test: TestSplit, class_names: list[str], shape: tuple[int, ...
     dataset a run reads (prepared shards, or train.npz/test.npz), whose "test" split is read. The
     classes must be ``class_names`` (for a LabeledImages or a root) and every image (H, W, C) ``shape``."""
     if isinstance(test, str) or hasattr(test, "__fspath__"):
-        test = _read_test_split(str(test), class_names, shape)
+        try:
+            test = labeled_split(str(test), "test")
+        except RunError as e:
+            raise ExportError(f"cannot use the test split of {test} for this set: {e}") from None
     if isinstance(test, LabeledImages):
         if list(test.class_names) != list(class_names):
             raise ExportError(f"the test split's classes {list(test.class_names)[:5]}... are not the set's "
@@ -152,23 +156,6 @@ def as_test_split(test: TestSplit, class_names: list[str], shape: tuple[int, ...
     if x.ndim != 4 or x.shape[1:] != tuple(shape):
         raise ExportError(f"test images are {x.shape} (N, H, W, C); the set's images are {tuple(shape)}")
     return x, y
-
-
-def _read_test_split(root: str, class_names: list[str], shape: tuple[int, ...]) -> LabeledImages:
-    """The "test" split under the data root ``root``, read as a run reads it, checked against the set."""
-    from m3d_condense.pipeline.config import DataConfig
-    from m3d_condense.pipeline.data.dataset import load_split, resolve_dataset
-
-    h, w, c = shape
-    # The set's shape and classes stand in for a preset's: a prepared dataset's manifest is checked
-    # against them (and fills mean/std, unused here), an npz split is checked by load_split.
-    cfg = DataConfig(root=root, image_size=[h, w], channels=c, num_classes=len(class_names), mean=None, std=None)
-    try:
-        resolve_dataset(cfg)
-        return load_split(cfg, "test")
-    except RunError as e:
-        raise ExportError(f"cannot use the test split of {root} for this set ({h}x{w} images, {c} channels, "
-                          f"{len(class_names)} classes): {e}") from None
 
 
 # ----------------------------------------------------------------------------- parquet

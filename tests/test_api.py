@@ -113,6 +113,19 @@ def test_condense_with_a_test_dataset_evaluates_and_evaluate_scores_any_set_the_
     assert evaluate(syn, (tx, ty), runs=1, epochs=2, progress=False, eval={"test_every": 1})[0]["runs"] == in_run["runs"]
 
 
+def test_evaluate_reads_the_test_split_of_an_npz_data_root(tmp_path):
+    from conftest import write_npz
+
+    from m3d_condense.pipeline.data import LabeledImages
+
+    tx, ty = _pixels(n=30, seed=1)
+    for split in ("train", "test"):
+        write_npz(tmp_path, split, LabeledImages(torch.from_numpy(tx).permute(0, 3, 1, 2), torch.from_numpy(ty), NAMES))
+    x, y = _pixels()
+    from_root = evaluate((x[:6], y[:6]), str(tmp_path), runs=1, epochs=1, progress=False)
+    assert from_root[0]["runs"] == evaluate((x[:6], y[:6]), (tx, ty), runs=1, epochs=1, progress=False)[0]["runs"]
+
+
 def test_evaluate_refuses_a_training_set_with_other_classes_than_the_test_set():
     x, y = _pixels()
     with pytest.raises(ConfigError, match="the training set has 2 classes, the test set 3"):

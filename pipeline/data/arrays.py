@@ -5,7 +5,9 @@
   ``datasets`` do (plain or with a torch format);
 - a pair of arrays ``(x, y)``: x uint8 (N, H, W, C), y (N,);
 - a local folder or file ``pipeline/prepare.py`` reads (an ImageFolder tree, CIFAR batches,
-  IDX files, .npz).
+  IDX files, .npz);
+- for ``labeled_split``, also a data root a run reads (prepared shards, train/test .npz) and
+  ``LabeledImages``.
 
 An image may be a PIL image, a uint8 or float (in [0, 1]) tensor in (C, H, W) or (H, W, C), or
 a numpy array (H, W, C) or (H, W). All images of a dataset must have one size and one channel
@@ -20,6 +22,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from m3d_condense.pipeline.data import storage
+from m3d_condense.pipeline.data.inmemory import npz_split
+from m3d_condense.pipeline.data.labeled import LabeledImages
+from m3d_condense.pipeline.data.manifest import FILENAME
 from m3d_condense.pipeline.data.sources import SourceError, open_source
 from m3d_condense.pipeline.data.writer import load_pixels
 
@@ -49,6 +55,32 @@ def dataset_arrays(dataset: Any, class_names: list[str] | None = None,
     if len(y) and (y.min() < 0 or y.max() >= len(names)):
         raise DatasetFormatError(f"labels run from {y.min()} to {y.max()} but there are {len(names)} class names")
     return x, y, names
+
+
+def labeled_split(source: Any, split: str, class_names: list[str] | None = None) -> LabeledImages:
+    """Split ``split`` of ``source`` in memory, images uint8 (N, C, H, W): a data root a run reads
+    (its split), a local folder prepare reads (its split), ``LabeledImages`` (as it is), or any
+    dataset ``dataset_arrays`` takes (all of it, whatever ``split``; ``class_names`` as there)."""
+    if isinstance(source, LabeledImages):
+        return source
+    if is_data_root(source) and storage.exists(storage.join(source, FILENAME)):  # prepared shards
+        from m3d_condense.pipeline.config import load_config  # the config module reads this package
+        from m3d_condense.pipeline.data.dataset import load_split
+
+        return load_split(load_config("custom", [f"data.root={source}"]).data, split)
+    if is_data_root(source):
+        x, y, names = npz_split(source, split)
+    elif isinstance(source, str):
+        x, y, names = folder_arrays(source, split)
+    else:
+        x, y, names = dataset_arrays(source, class_names)
+    return LabeledImages(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y), names)
+
+
+def is_data_root(path: Any) -> bool:
+    """Whether ``path`` (a path or URL) is a data root a run reads: prepared shards or .npz splits."""
+    return isinstance(path, str) and any(storage.exists(storage.join(path, f))
+                                         for f in (FILENAME, "train.npz", "test.npz"))
 
 
 def folder_arrays(path: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -36,11 +36,16 @@ def _digits(data_cfg, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
 def _npz(data_cfg, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if data_cfg.root is None:
         raise DatasetNotFoundError("data.root is not set: give the folder that holds train.npz and test.npz (data.root=PATH)")
-    path = storage.join(str(data_cfg.root), f"{split}.npz")  # any fsspec URL: a path, s3://, gs://, ...
+    return npz_split(str(data_cfg.root), split)
+
+
+def npz_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``ROOT/<split>.npz`` (any fsspec URL): x uint8 (N, H, W, C), y int64 (N,), class names."""
+    path = storage.join(root, f"{split}.npz")  # any fsspec URL: a path, s3://, gs://, ...
     try:
         raw = storage.read_bytes(path)
     except FileNotFoundError:
-        raise DatasetNotFoundError(f"{path}: no such file (data.root={data_cfg.root} must hold {split}.npz)") from None
+        raise DatasetNotFoundError(f"{path}: no such file (data.root={root} must hold {split}.npz)") from None
     with np.load(io.BytesIO(raw)) as d:
         missing = {"x", "y", "class_names"} - set(d.files)
         if missing:
