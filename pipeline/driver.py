@@ -82,10 +82,14 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
         summary["eval"] = summary["evals"][0]
     summary["driver_peak_bytes"] = peak_rss_bytes()  # the head node's share of the run, watched at scale
     write_outputs(run_url, summary, syn, curves)
-    for written in tracking.track_run(cfg, run_url, summary, curves):
-        log.info(written)
     store.record_finished(state)
     log.info(f"wrote {run_url}")
+    try:
+        for written in tracking.track_run(cfg, run_url, summary, curves):
+            log.info(written)
+    except Exception as e:  # noqa: BLE001 - a tracking store that fails (a server down) must not undo the run
+        log.warning(f"tracking failed ({type(e).__name__}: {e}); the run directory is complete, and "
+                    "reevaluate=true logs it again")
     return summary
 
 

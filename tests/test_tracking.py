@@ -113,6 +113,17 @@ def test_tracking_is_off_by_default(tmp_path):
     assert not (run_dir / "tensorboard").exists() and not (run_dir / "mlruns").exists()
 
 
+def test_a_tracking_store_that_fails_at_the_end_leaves_the_run_finished_with_a_warning(tmp_path, capsys):
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("a file where the MLflow store's folder would go")
+    args = ["digits", f"out_dir={tmp_path}", "run_name=f", "iterations=1", "eval.runs=0", "diagnostics.moments=false",
+            "encoder.width=16", "batch_real=16", "backend=local", "tracking.mlflow=true",
+            f"tracking.mlflow_uri=file:{blocked}"]
+    assert main(args) == 0
+    assert "tracking failed (" in capsys.readouterr().err
+    assert json.loads((tmp_path / "f" / "run.json").read_text())["status"] == "finished"
+
+
 # The packages made unimportable for real: a None entry in sys.modules makes `import x` raise
 # ImportError, as when x is not installed.
 MISSING = """
