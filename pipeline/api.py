@@ -11,6 +11,7 @@ Keyword overrides are the command line's ``key=value`` pairs; a section takes a 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from m3d_condense.pipeline.data.manifest import FILENAME
 from m3d_condense.pipeline.data.sources import arrays_source
 from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
 from m3d_condense.pipeline.driver import evaluate_set, run_pipeline
+from m3d_condense.pipeline.errors import RunError
 from m3d_condense.pipeline.logs import log, setup_logging
 from m3d_condense.pipeline.synthetic import SyntheticSet, is_stored
 from m3d_condense.pipeline.worker import pick_device
@@ -42,6 +44,7 @@ def condense(dataset: Any, ipc: int = 10, *, test_dataset: Any = None, preset: s
     command line does. Without ``test_dataset`` nothing is evaluated (``eval.runs=0``); with
     one, summary.json holds the evaluation. ``workers`` > 1 runs on Ray."""
     setup_logging()
+    refuse_in_spawned_child("condense")
     x, y, names = dataset_arrays(dataset, class_names, progress)
     splits = {"train": (x, y)}
     if test_dataset is not None:
@@ -73,6 +76,7 @@ def evaluate(train: Any, test: Any, *, preset: str = "custom", archs: list[str] 
     Normalisation: the preset's mean and std, else those a condensed set carries (its real
     training data's), else those measured on ``test``."""
     setup_logging()
+    refuse_in_spawned_child("evaluate")
     test_images = labeled_split(test, "test")
     train_set = training_set(train, test_images.class_names)
     data = {"num_classes": len(test_images.class_names), "channels": int(test_images.images.shape[1]),
@@ -97,6 +101,15 @@ def evaluate(train: Any, test: Any, *, preset: str = "custom", archs: list[str] 
 
 
 # ---------------------------------------------------------------------------------------------
+def refuse_in_spawned_child(name: str) -> None:
+    """Stop a call made while a process the pipeline spawned (shard decoding) re-imports the user's
+    script: without an ``if __name__ == "__main__":`` guard the script's top level, this call
+    included, runs again there. Fails at once with the fix instead of repeating the work."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # the flag Python's own check reads
+        raise RunError(f"{name}() was called at the top level of a script that a worker process re-imports; put the "
+                       "call under `if __name__ == \"__main__\":`")
+
+
 def content_hash(splits: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str]) -> str:
     """12 hex digits of sha256 over the images, labels and class names: the dataset's identity."""
     h = hashlib.sha256(repr(names).encode())

@@ -198,3 +198,33 @@ def test_the_readme_python_example_runs_as_written_on_a_small_torchvision_style_
     assert sorted(p.name for p in (tmp_path / "condensed_set" / "train").iterdir()) == sorted(NAMES)
     (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.name != "datasets"]
     assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 500
+
+
+SCRIPT = """
+import numpy as np
+from m3d_condense import condense
+
+def main():
+    g = np.random.default_rng(0)
+    x, y = g.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8), np.arange(60) % 3
+    syn = condense((x, y), ipc=1, out_dir="runs", progress=False, backend="local", iterations=2, batch_real=4,
+                   encoder={"width": 8}, diagnostics={"moments": False}, data={"read_workers": 2})
+    print("condensed", tuple(syn.images.shape))
+"""
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_a_script_calling_condense_needs_the_main_guard_and_is_told_so(tmp_path, guarded):
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT + ('if __name__ == "__main__":\n    main()\n' if guarded else "main()\n"))
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    if guarded:  # the decoding processes re-import the script, and the guard keeps them from condensing
+        assert proc.returncode == 0 and "condensed (3, 3, 8, 8)" in proc.stdout, proc.stderr[-3000:]
+    else:
+        assert proc.returncode != 0
+        assert "condense() was called at the top level of a script that a worker process re-imports" in proc.stderr
+        assert 'a process decoding the train shards died. Called from a script? Put the call under `if __name__' \
+            in proc.stderr

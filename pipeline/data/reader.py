@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from typing import Iterator, Sequence
 
@@ -10,6 +11,7 @@ import torch
 
 from m3d_condense.pipeline.data.manifest import Manifest, read_manifest
 from m3d_condense.pipeline.data.shards import ShardError, iter_shard, sample_pixels
+from m3d_condense.pipeline.errors import RunError
 
 
 class ClassShardReader:
@@ -57,10 +59,17 @@ class ClassShardReader:
             for c in classes:
                 yield c, self.read_class(split, c)
             return
-        with ProcessPoolExecutor(min(workers, len(classes)), mp_context=get_context("spawn")) as pool:
-            for c, pixels in zip(classes, pool.map(_read_class_array, [(self.manifest, self.verify, split, c)
-                                                                       for c in classes]), strict=True):
-                yield c, torch.from_numpy(pixels)
+        try:
+            with ProcessPoolExecutor(min(workers, len(classes)), mp_context=get_context("spawn")) as pool:
+                for c, pixels in zip(classes, pool.map(_read_class_array, [(self.manifest, self.verify, split, c)
+                                                                           for c in classes]), strict=True):
+                    yield c, torch.from_numpy(pixels)
+        except BrokenProcessPool:
+            raise DecodeProcessError(
+                f"{self.manifest.url}: a process decoding the {split} shards died. Called from a script? Put the "
+                "call under `if __name__ == \"__main__\":` (the decoding processes re-import the script, as "
+                "Python's multiprocessing does); or memory ran out; data.read_workers=1 decodes in this "
+                "process") from None
 
     def read_samples(self, split: str, class_index: int, positions: Sequence[int]) -> torch.Tensor:
         """The images at ``positions`` (indices into the class, in shard order), in the order
@@ -79,6 +88,10 @@ class ClassShardReader:
         order = sorted({int(p) for p in positions})
         where = {p: i for i, p in enumerate(order)}
         return self._stack([decoded[where[int(p)]] for p in positions])
+
+
+class DecodeProcessError(RunError, RuntimeError):
+    """A shard-decoding process died (an unguarded script re-imported by it, or memory)."""
 
 
 def _read_class_array(args: tuple[Manifest, bool, str, int]) -> np.ndarray:
