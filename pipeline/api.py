@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from m3d_condense.pipeline.config import ConfigError, compose_config, load_config
+from m3d_condense.pipeline.config import ConfigError, compose_config, hydra_overrides, load_config
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.data.arrays import dataset_arrays, labeled_split
 from m3d_condense.pipeline.data.manifest import FILENAME
@@ -129,27 +129,6 @@ def prepared_root(splits: dict[str, tuple[np.ndarray, np.ndarray]], names: list[
         prepare(arrays_source(splits, names, "dataset"), root, PrepareOptions(progress=False, image_format="png"),
                 log=lambda m: None)
     return root
-
-
-def hydra_overrides(overrides: dict[str, Any], prefix: str = "") -> list[str]:
-    """``{"lr": 10, "eval": {"runs": 2}}`` -> ``["lr=10", "eval.runs=2"]`` (the command line's form)."""
-    out = []
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            out += hydra_overrides(value, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}={_hydra_value(value)}")
-    return out
-
-
-def _hydra_value(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_hydra_value(i) for i in v) + "]"
-    return str(v)
 
 
 def training_set(train: Any, class_names: list[str]) -> SyntheticSet:

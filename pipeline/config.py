@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
@@ -363,6 +362,28 @@ def _omegaconf_reason(e: OmegaConfBaseException) -> str:
     return f"{first} (key {e.full_key})" if getattr(e, "full_key", None) else first
 
 
+def hydra_overrides(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"lr": 10, "eval": {"runs": 2}}`` -> ``["lr=10", "eval.runs=2"]``: keyword overrides in
+    the command line's ``key=value`` form."""
+    out = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            out += hydra_overrides(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={_hydra_value(value)}")
+    return out
+
+
+def _hydra_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_hydra_value(i) for i in v) + "]"
+    return str(v)
+
+
 def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """The complete, checked config of ``preset`` with ``overrides``: the dataset's source is
     detected and a prepared dataset's manifest fills (or is checked against) the data keys. A
@@ -370,10 +391,10 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Run
     there, and their working directory is not the driver's."""
     cfg = compose_config(preset, overrides)
     from m3d_condense.pipeline.data.dataset import resolve_dataset  # the data layer reads configs, too
+    from m3d_condense.pipeline.data.storage import absolute
 
     resolve_dataset(cfg.data)
-    if "://" not in str(cfg.out_dir):
-        cfg.out_dir = os.path.abspath(os.path.expanduser(str(cfg.out_dir)))
+    cfg.out_dir = absolute(cfg.out_dir)
     return to_run_config(cfg)
 
 

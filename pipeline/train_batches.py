@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 from torch.nn import functional as F
 
-from m3d_condense.pipeline.config import ConfigError, compose_config, load_config
+from m3d_condense.pipeline.config import ConfigError, compose_config, hydra_overrides, load_config
 from m3d_condense.pipeline.evaluate import epoch_batches
 from m3d_condense.pipeline.seeding import generator
 
@@ -34,8 +34,6 @@ class TrainingBatches:
 
     def __init__(self, syn: Any, batch_size: int | None = None, *, preset: str = "custom", cutmix: bool = False,
                  seed: int = 0, device: str | torch.device = "cpu", **overrides: Any):
-        from m3d_condense.pipeline.api import hydra_overrides  # the API's override form
-
         channels, height, width = syn.images.shape[1:]
         data = {"num_classes": len(syn.class_names), "channels": int(channels), "image_size": [int(height), int(width)]}
         args = hydra_overrides({"data": data, **({"eval": {"batch_size": batch_size}} if batch_size else {})})

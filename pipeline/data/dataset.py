@@ -46,8 +46,7 @@ def resolve_dataset(data_cfg: DataConfig) -> Manifest | None:
     the manifest (None for in-memory sources, and when no ``data.root`` is given yet)."""
     if data_cfg.root is None:
         return None  # opening the data will say that data.root is needed (digits needs none)
-    if "://" not in str(data_cfg.root):  # a local path: absolute, so Ray workers with another cwd find it
-        data_cfg.root = os.path.abspath(os.path.expanduser(str(data_cfg.root)))
+    data_cfg.root = storage.absolute(data_cfg.root)
     data_cfg.source = source = source_of(data_cfg)
     if source != "shards":
         return None

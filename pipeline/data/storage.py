@@ -82,6 +82,12 @@ def join(root: str, *parts: str) -> str:
     return "/".join([str(root).rstrip("/"), *[p.strip("/") for p in parts]])
 
 
+def absolute(url: str) -> str:
+    """A local path made absolute (``~`` expanded); a URL (``s3://...``) as it is. Ray workers run
+    in other working directories, so every local path they get must be absolute."""
+    return str(url) if "://" in str(url) else os.path.abspath(os.path.expanduser(str(url)))
+
+
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem that serves ``url`` and the path inside it."""
     fs, path = fsspec.core.url_to_fs(os.path.expanduser(str(url)))
