@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from m3d_condense.pipeline.config import RunConfig, fingerprint, shaping_values
+from m3d_condense.pipeline.config import RunConfig, dotted, fingerprint, shaping_values
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.errors import RunError
 
@@ -81,19 +81,12 @@ class RunState:
             raise ResumeError(f"{where}: not a run state this version can read ({e}); use a new run_name") from None
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def changed_keys(old: dict, cfg: RunConfig) -> list[str]:
     """Dotted keys whose value differs between a stored condensation config and ``cfg``. A key
     the stored config lacks counts as changed only if ``cfg`` sets it away from the schema's
     default: a key added to the schema later, at its default, means what the code did before."""
-    old_flat, new_flat = _flat(old), _flat(shaping_values(cfg))
-    default_flat = _flat(shaping_values(RunConfig()))
+    old_flat, new_flat = dotted(old), dotted(shaping_values(cfg))
+    default_flat = dotted(shaping_values(RunConfig()))
     diff = []
     for key in sorted(old_flat.keys() | new_flat.keys()):
         if key not in old_flat and new_flat.get(key) == default_flat.get(key):

@@ -362,16 +362,19 @@ def _omegaconf_reason(e: OmegaConfBaseException) -> str:
     return f"{first} (key {e.full_key})" if getattr(e, "full_key", None) else first
 
 
-def hydra_overrides(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+def dotted(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{"eval.epochs": 300, ...}``: its leaves under their dotted keys, the
+    command line's names."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def hydra_overrides(overrides: dict[str, Any]) -> list[str]:
     """``{"lr": 10, "eval": {"runs": 2}}`` -> ``["lr=10", "eval.runs=2"]``: keyword overrides in
     the command line's ``key=value`` form."""
-    out = []
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            out += hydra_overrides(value, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}={_hydra_value(value)}")
-    return out
+    return [f"{key}={_hydra_value(value)}" for key, value in dotted(overrides).items()]
 
 
 def _hydra_value(v: Any) -> str:

@@ -245,6 +245,8 @@ def eval_record(arch: str, epochs: int, runs: list[EvalResult]) -> dict:
 
 # write -------------------------------------------------------------------------------------
 GRID_CLASSES = 100  # rows of grid.png: the first classes of the set
+
+
 def summarize(cfg: RunConfig, state: RunState, syn: Synthesized, backend: str, workers: int) -> dict:
     """summary.json's record of the run, before diagnostics and evaluation are added."""
     history = syn.history

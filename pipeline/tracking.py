@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fsspec.implementations.local import LocalFileSystem
 
-from m3d_condense.pipeline.config import RunConfig, to_dict
+from m3d_condense.pipeline.config import RunConfig, dotted, to_dict
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.errors import RunError
 
@@ -257,15 +257,10 @@ def _log_records(client: Any, run_id: str, cfg: RunConfig, run_url: str, scalars
         client.log_artifacts(run_id, folder)
 
 
-def flatten_params(tree: dict, prefix: str = "") -> dict[str, str]:
+def flatten_params(tree: dict) -> dict[str, str]:
     """The config as MLflow params: dotted keys (``eval.epochs``, as on the command line; all far
     below MLflow's 250 characters), values as strings, non-strings as JSON ([32, 32], true, null),
     cut to MLflow's 6000 characters."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten_params(value, f"{prefix}{key}."))
-        else:
-            text = value if isinstance(value, str) else json.dumps(value)
-            flat[f"{prefix}{key}"] = text if len(text) <= MAX_PARAM_CHARS else text[:MAX_PARAM_CHARS - 3] + "..."
-    return flat
+    texts = {key: value if isinstance(value, str) else json.dumps(value) for key, value in dotted(tree).items()}
+    return {key: text if len(text) <= MAX_PARAM_CHARS else text[:MAX_PARAM_CHARS - 3] + "..."
+            for key, text in texts.items()}
