@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from m3d_condense.pipeline.config import ConfigError, compose_config, hydra_overrides, load_config
+from m3d_condense.pipeline.config import ConfigError, hydra_overrides, load_config
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.data.arrays import dataset_arrays, labeled_split
 from m3d_condense.pipeline.data.manifest import FILENAME
@@ -26,6 +26,7 @@ from m3d_condense.pipeline.driver import evaluate_set, run_pipeline
 from m3d_condense.pipeline.errors import RunError
 from m3d_condense.pipeline.logs import log, setup_logging
 from m3d_condense.pipeline.synthetic import SyntheticSet, is_stored
+from m3d_condense.pipeline.train_batches import training_config
 from m3d_condense.pipeline.worker import pick_device
 
 
@@ -79,23 +80,17 @@ def evaluate(train: Any, test: Any, *, preset: str = "custom", archs: list[str] 
     refuse_in_spawned_child("evaluate")
     test_images = labeled_split(test, "test")
     train_set = training_set(train, test_images.class_names)
-    data = {"num_classes": len(test_images.class_names), "channels": int(test_images.images.shape[1]),
-            "image_size": list(test_images.images.shape[2:])}
-    args = [*hydra_overrides({"data": data, "seed": seed, "device": device}),
-            *hydra_overrides({"eval": {k: v for k, v in (("archs", archs), ("runs", runs), ("epochs", epochs))
-                                       if v is not None}})]
-    args += hydra_overrides(overrides)
-    if compose_config(preset, args).data.mean is None:  # the preset has no statistics (custom)
-        if train_set.mean is not None and train_set.std is not None:  # the real training data's, stored with the set
-            stats = {"mean": train_set.mean, "std": train_set.std}
-        else:
-            pixels = test_images.images.float().div_(255.0)
-            stats = {"mean": pixels.mean(dim=(0, 2, 3)).tolist(), "std": pixels.std(dim=(0, 2, 3)).tolist()}
-        args += hydra_overrides({"data": stats})
-    cfg = load_config(preset, args)
-    if len(train_set.class_names) != cfg.data.num_classes:
+    if len(train_set.class_names) != len(test_images.class_names):
         raise ConfigError(f"the training set has {len(train_set.class_names)} classes, the test set "
-                          f"{cfg.data.num_classes}")
+                          f"{len(test_images.class_names)}")
+
+    def test_stats() -> dict:
+        pixels = test_images.images.float().div_(255.0)
+        return {"mean": pixels.mean(dim=(0, 2, 3)).tolist(), "std": pixels.std(dim=(0, 2, 3)).tolist()}
+
+    evals = {k: v for k, v in (("archs", archs), ("runs", runs), ("epochs", epochs)) if v is not None}
+    args = hydra_overrides({"seed": seed, "device": device, "eval": evals}) + hydra_overrides(overrides)
+    cfg = training_config(preset, train_set, args, fallback_stats=test_stats)
     evals, _ = evaluate_set(cfg, train_set, "local", pick_device(cfg.device), progress, test=test_images)
     return evals
 

@@ -12,12 +12,12 @@ DSA's "one op per mini-batch" is why this is a batch iterable and not a per-imag
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.nn import functional as F
 
-from m3d_condense.pipeline.config import ConfigError, compose_config, hydra_overrides, load_config
+from m3d_condense.pipeline.config import ConfigError, RunConfig, compose_config, hydra_overrides, load_config
 from m3d_condense.pipeline.evaluate import epoch_batches
 from m3d_condense.pipeline.seeding import generator
 
@@ -34,18 +34,10 @@ class TrainingBatches:
 
     def __init__(self, syn: Any, batch_size: int | None = None, *, preset: str = "custom", cutmix: bool = False,
                  seed: int = 0, device: str | torch.device = "cpu", **overrides: Any):
-        channels, height, width = syn.images.shape[1:]
-        data = {"num_classes": len(syn.class_names), "channels": int(channels), "image_size": [int(height), int(width)]}
-        args = hydra_overrides({"data": data, **({"eval": {"batch_size": batch_size}} if batch_size else {})})
-        args += hydra_overrides(overrides)
+        args = hydra_overrides({"eval": {"batch_size": batch_size}} if batch_size else {}) + hydra_overrides(overrides)
         if not cutmix:  # the coin is still drawn per batch, so the augmentation draws match the evaluation's
             args.append("eval.cutmix_prob=0")
-        if compose_config(preset, args).data.mean is None:
-            if syn.mean is None or syn.std is None:
-                raise ConfigError(f"preset {preset!r} has no normalisation and the set carries none: give "
-                                  "data={'mean': [...], 'std': [...]} or the preset of its dataset")
-            args += hydra_overrides({"data": {"mean": syn.mean, "std": syn.std}})
-        self.cfg = load_config(preset, args)
+        self.cfg = training_config(preset, syn, args)
         self.device = torch.device(device)
         self.images = syn.images.to(self.device).float()
         self.factor, self.num_classes = syn.factor, len(syn.class_names)
@@ -64,3 +56,22 @@ class TrainingBatches:
             else:  # one label format per iterator: probabilities throughout
                 soft = F.one_hot(y, self.num_classes).float()
                 yield x, soft if y_b is None else lam * soft + (1 - lam) * F.one_hot(y_b, self.num_classes).float()
+
+
+def training_config(preset: str, syn: Any, overrides: list[str],
+                    fallback_stats: Callable[[], dict] | None = None) -> RunConfig:
+    """The config of ``preset`` for training on the set ``syn``: its image shape and classes, then
+    ``overrides``; normalised with the preset's mean and std, else the set's (its real data's),
+    else ``fallback_stats()``, else a ConfigError saying what to give."""
+    channels, height, width = syn.images.shape[1:]
+    data = {"num_classes": len(syn.class_names), "channels": int(channels), "image_size": [int(height), int(width)]}
+    args = hydra_overrides({"data": data}) + list(overrides)
+    if compose_config(preset, args).data.mean is None:  # the preset has no statistics (custom)
+        if syn.mean is not None and syn.std is not None:
+            args += hydra_overrides({"data": {"mean": syn.mean, "std": syn.std}})
+        elif fallback_stats is not None:
+            args += hydra_overrides({"data": fallback_stats()})
+        else:
+            raise ConfigError(f"preset {preset!r} has no normalisation and the set carries none: give "
+                              "data={'mean': [...], 'std': [...]} or the preset of its dataset")
+    return load_config(preset, args)
