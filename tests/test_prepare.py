@@ -116,6 +116,18 @@ def test_image_folder_with_class_list_keeps_that_order_and_resizes_then_centre_c
     assert auto.image_format == "jpeg" and ClassShardReader(str(tmp_path / "auto")).read_class("test", 1).shape[0] == 2
 
 
+def test_image_folder_skips_hidden_files_and_folders_such_as_an_interrupted_writes_temporary(tmp_path):
+    data = synthetic_classes(num_classes=2, per_class=3, size=8, channels=3)
+    write_image_folder(tmp_path / "src", "train", data)
+    cls = tmp_path / "src" / "train" / data.class_names[0]
+    (cls / "img0000.png").rename(cls / ".tmp-0123abcd-img0000.png")  # what a crashed atomic write leaves
+    (tmp_path / "src" / "train" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "src" / "train" / ".ipynb_checkpoints" / "img.png").write_bytes((cls / "img0002.png").read_bytes())
+    m = _prepare(tmp_path / "src", tmp_path / "out")
+    assert m.class_names == data.class_names
+    assert [m.num_samples("train", c) for c in range(2)] == [2, 3]
+
+
 def test_rerun_skips_unchanged_shards_and_rewrites_changed_ones(tmp_path):
     data = synthetic_classes(num_classes=3, per_class=8)
     write_npz(tmp_path / "src", "train", data)

@@ -195,22 +195,28 @@ def _npz(path: Path) -> Source | None:
 
 
 # ----------------------------------------------------------------------------- ImageFolder
+def _visible(folder: Path) -> list[Path]:
+    """The entries of ``folder`` without hidden ones: a crashed atomic write's ``.tmp-*`` file,
+    ``.ipynb_checkpoints`` or ``.DS_Store`` is never an image or a class."""
+    return [p for p in folder.iterdir() if not p.name.startswith(".")]
+
+
 def _image_files(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(str(p) for p in _visible(folder) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _image_folder(folder: Path) -> Source | None:
     train = folder / "train"
     if not train.is_dir():
         return None
-    names = sorted(p.name for p in train.iterdir() if p.is_dir())
+    names = sorted(p.name for p in _visible(train) if p.is_dir())
     if not names:
         raise SourceError(f"{train}: no class folders (expected train/<class>/*.jpg|png)")
     splits = {"train": SourceSplit(names, [_image_files(train / n) for n in names], str(train))}
     for d in TEST_DIRS:
         if (folder / d).is_dir():
             test = folder / d
-            present = {p.name for p in test.iterdir() if p.is_dir()}
+            present = {p.name for p in _visible(test) if p.is_dir()}
             splits["test"] = SourceSplit(names, [_image_files(test / n) if n in present else [] for n in names],
                                          str(test))
             break
