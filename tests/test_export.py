@@ -16,7 +16,7 @@ from PIL import Image
 
 from m3d_condense.pipeline.cli import main as run_main
 from m3d_condense.pipeline.config import load_config
-from m3d_condense.pipeline.data import LabeledImages, load_split, read_manifest, storage
+from m3d_condense.pipeline.data import ClassShardReader, LabeledImages, load_split, read_manifest, storage
 from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
 from m3d_condense.pipeline.export import FORMATS, ExportError, export
 from m3d_condense.pipeline.export import main as export_main
@@ -75,6 +75,9 @@ def test_imagefolder_holds_every_decoded_image_as_a_png_per_class_that_prepare_r
                              PrepareOptions(progress=False, class_list=str(dest / "classes.txt")), **quiet)
     assert in_label_order.class_names == NAMES
     assert in_label_order.extra["num_samples"] == {"train": len(labels)}
+    assert in_label_order.channels == channels  # a grayscale set comes back grayscale, not as RGB
+    reader = ClassShardReader(str(tmp_path / "shards"))
+    assert torch.equal(reader.read_class("train", 0).permute(0, 2, 3, 1), torch.from_numpy(pixels[labels == 0]))
     sorted_order = prepare(str(dest), str(tmp_path / "sorted"), PrepareOptions(progress=False), **quiet)
     assert sorted_order.class_names == sorted(NAMES)  # ImageFolder's convention: folder names sorted
 

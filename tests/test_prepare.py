@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 from conftest import SHARED_DATA, synthetic_classes, write_npz
 from source_files import write_cifar10, write_cifar100, write_idx, write_image_folder, write_svhn
 
@@ -126,6 +127,17 @@ def test_image_folder_skips_hidden_files_and_folders_such_as_an_interrupted_writ
     m = _prepare(tmp_path / "src", tmp_path / "out")
     assert m.class_names == data.class_names
     assert [m.num_samples("train", c) for c in range(2)] == [2, 3]
+
+
+def test_image_folder_stays_rgb_when_one_of_its_files_is_grayscale(tmp_path):
+    data = synthetic_classes(num_classes=2, per_class=3, size=8, channels=3)
+    write_image_folder(tmp_path / "src", "train", data)
+    gray = sorted((tmp_path / "src" / "train" / data.class_names[1]).iterdir())[0]
+    Image.open(gray).convert("L").save(gray)  # as ImageNet has a few grayscale JPEGs among colour ones
+    m = _prepare(tmp_path / "src", tmp_path / "out")
+    assert m.channels == 3
+    back = ClassShardReader(str(tmp_path / "out")).read_class("train", 1)[0]
+    assert back.shape == (3, 8, 8) and torch.equal(back[0], back[2])
 
 
 def test_rerun_skips_unchanged_shards_and_rewrites_changed_ones(tmp_path):

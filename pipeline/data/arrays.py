@@ -27,7 +27,7 @@ from m3d_condense.pipeline.data.inmemory import npz_split
 from m3d_condense.pipeline.data.labeled import LabeledImages
 from m3d_condense.pipeline.data.manifest import FILENAME
 from m3d_condense.pipeline.data.sources import SourceError, open_source
-from m3d_condense.pipeline.data.writer import load_pixels
+from m3d_condense.pipeline.data.writer import image_mode, load_pixels
 
 IMAGE_KEYS = ("image", "img", "pixel_values")
 LABEL_KEYS = ("label", "labels", "fine_label", "target")
@@ -89,7 +89,8 @@ def folder_arrays(path: str, split: str) -> tuple[np.ndarray, np.ndarray, list[s
     if split not in src.splits:
         raise SourceError(f"{path}: has no {split!r} split (has {sorted(src.splits)})")
     sp = src.splits[split]
-    images = [load_pixels(ref, None, sp.origin) for items in sp.items for ref in items]
+    mode = image_mode([ref for items in sp.items for ref in items[:1]])
+    images = [load_pixels(ref, None, sp.origin, mode) for items in sp.items for ref in items]
     labels = np.concatenate([np.full(len(items), c, dtype=np.int64) for c, items in enumerate(sp.items)])
     return _stack(images, f"{path} {split}"), labels, list(sp.class_names)
 

@@ -50,13 +50,31 @@ class ShardTask:
 
 
 # ----------------------------------------------------------------------------- images
-def load_pixels(ref: ImageRef, size: int | None, where: str) -> np.ndarray:
-    """uint8 (H, W, C) for a file (as RGB) or an array; resized so the shorter side is ``size``
-    and centre-cropped to size x size when ``size`` is given."""
+GRAYSCALE_MODES = ("1", "L")  # PIL modes of one-channel files
+
+
+def image_mode(refs: list[ImageRef]) -> str:
+    """The PIL mode every image file becomes: "L" (one channel) when the sampled files are all
+    grayscale, as an exported MNIST set is, else "RGB" (so ImageNet's few grayscale JPEGs join
+    its colour ones). Samples at most the first 50 files; arrays keep their own channels."""
+    files = [r for r in refs if isinstance(r, str)][:50]
+    modes = set()
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                modes.add(img.mode)
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+            raise SourceError(f"{f}: not a decodable image ({type(e).__name__}: {e})") from None
+    return "L" if modes and modes <= set(GRAYSCALE_MODES) else "RGB"
+
+
+def load_pixels(ref: ImageRef, size: int | None, where: str, mode: str = "RGB") -> np.ndarray:
+    """uint8 (H, W, C) for a file (converted to PIL ``mode``) or an array; resized so the shorter
+    side is ``size`` and centre-cropped to size x size when ``size`` is given."""
     if isinstance(ref, str):
         try:
             with Image.open(ref) as img:
-                img = img.convert("RGB")
+                img = img.convert(mode)
         except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
             raise SourceError(f"{ref}: not a decodable image ({type(e).__name__}: {e})") from None
         pixels = np.asarray(img)
@@ -83,14 +101,14 @@ def _format_for(refs: list[ImageRef], requested: str) -> str:
 
 # ----------------------------------------------------------------------------- one shard (runs in a worker)
 def build_task(task: ShardTask, dest: str, image_format: str, quality: int, size: int | None,
-               previous: dict[str, tuple[str, int]]) -> dict:
+               previous: dict[str, tuple[str, int]], mode: str = "RGB") -> dict:
     """Encode one shard, write it unless the previous manifest already has these bytes, and
     return its manifest row plus the pixel statistics of its images."""
     samples, shape = [], None
     total, total_sq = None, None
     for i, ref in enumerate(task.refs):
         where = ref if isinstance(ref, str) else f"{task.origin} class {task.class_name!r} image {task.first + i}"
-        pixels = load_pixels(ref, size, where)
+        pixels = load_pixels(ref, size, where, mode)
         if shape is None:
             shape = pixels.shape
         elif pixels.shape != shape:
@@ -179,8 +197,8 @@ def prepare(source: str | Source, dest: str, opts: PrepareOptions = PrepareOptio
     src = source if isinstance(source, Source) else open_source(source)
     splits = _select(src, opts)
     storage.check_writable(dest)
-    image_format = _format_for([r for sp in splits.values() for items in sp.items for r in items[:1]],
-                               opts.image_format)
+    firsts = [r for sp in splits.values() for items in sp.items for r in items[:1]]
+    image_format, mode = _format_for(firsts, opts.image_format), image_mode(firsts)
     tasks = _tasks(splits, opts.shard_size)
     previous = _previous_rows(dest)
     total = sum(len(t.refs) for t in tasks)
@@ -188,7 +206,7 @@ def prepare(source: str | Source, dest: str, opts: PrepareOptions = PrepareOptio
         f"{len(next(iter(splits.values())).class_names)} classes -> {len(tasks)} {image_format} shards in {dest}")
     results = []
     with tqdm(total=total, unit="img", desc="prepare", disable=not opts.progress) as bar:
-        args = (dest, image_format, opts.quality, opts.size, previous)
+        args = (dest, image_format, opts.quality, opts.size, previous, mode)
         if opts.workers == 1:
             for t in tasks:
                 results.append(build_task(t, *args))
