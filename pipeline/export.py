@@ -38,7 +38,7 @@ import torch
 from m3d_condense.models import decode
 from m3d_condense.pipeline.data import LabeledImages, storage
 from m3d_condense.pipeline.data.arrays import labeled_split
-from m3d_condense.pipeline.data.shards import encode_image
+from m3d_condense.pipeline.data.shards import encode_image, unit_to_uint8
 from m3d_condense.pipeline.errors import RunError
 
 if TYPE_CHECKING:
@@ -64,9 +64,9 @@ class ExportError(RunError, ValueError):
 
 # ----------------------------------------------------------------------------- pixels
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Float images (N, C, H, W) in [0, 1] -> uint8 (N, H, W, C) as ``round(x * 255)`` clamped to
-    0..255. The one float-to-uint8 conversion of the exports: every format holds these pixels."""
-    return (images.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    """Float images (N, C, H, W) in [0, 1] -> uint8 (N, H, W, C) by ``unit_to_uint8``: every
+    export format holds these pixels."""
+    return unit_to_uint8(images.detach().float().cpu().permute(0, 2, 3, 1).numpy())
 
 
 def decoded_uint8(syn: SyntheticSet) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -26,6 +26,7 @@ from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.data.inmemory import npz_split
 from m3d_condense.pipeline.data.labeled import LabeledImages
 from m3d_condense.pipeline.data.manifest import FILENAME
+from m3d_condense.pipeline.data.shards import unit_to_uint8
 from m3d_condense.pipeline.data.sources import SourceError, open_source
 from m3d_condense.pipeline.data.writer import image_mode, load_pixels
 
@@ -145,7 +146,7 @@ def _pixels(image: Any, i: int) -> np.ndarray:
     if x.dtype == np.uint8:
         return x
     if np.issubdtype(x.dtype, np.floating):  # ToTensor's [0, 1]
-        return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+        return unit_to_uint8(x)
     raise DatasetFormatError(f"dataset[{i}]: image dtype {x.dtype}; expected uint8 or floats in [0, 1]")
 
 

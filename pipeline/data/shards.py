@@ -34,6 +34,12 @@ class Sample:
     label: int
 
 
+def unit_to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Float pixels in [0, 1] (any layout) -> uint8 as ``round(x * 255)`` (half to even) clamped to
+    0..255: the one float-to-uint8 conversion, for exports and for float datasets alike."""
+    return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+
+
 def encode_image(pixels: np.ndarray, image_format: str, quality: int = 90) -> bytes:
     """uint8 (H, W, C) with C in {1, 3} -> PNG or JPEG bytes."""
     img = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
