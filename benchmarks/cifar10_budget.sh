@@ -5,12 +5,14 @@
 # runs, tested at the last epoch.
 #   first   (about 2 hours) M3D at lr 1 and lr 10 to 1000 iterations, the linear kernel at lr 0.1
 #           to 600, random and herding; one evaluation run each
-#   longer  (about 4 hours) both kernels to 2000 iterations and the linear kernel at lr 0.04, two
-#           evaluation runs each; at low priority, so their condensation seconds are not speeds
+#   longer  (about 2 h 20 min) M3D at lr 10 and the linear kernel at lr 0.1 to 2000 iterations, two
+#           evaluation runs each, one process per kernel (the 1000-iteration rows with two runs
+#           come from an earlier run of this part, which also stepped to 1000)
 #   small   (about 3 hours, one process) the linear kernel at lr 0.04 to 600 iterations; IPC 1 and
-#           IPC 50 at a smaller budget: M3D at lr = IPC, the linear kernel (IPC 1 at lr 0.01, where
-#           0.1 diverges), random and herding; one evaluation run each, at low priority
-# Usage: bash benchmarks/cifar10_budget.sh [first|longer|small]   (prepares ../shared/data/cifar10 into data/cifar10 first)
+#           IPC 50 at a smaller budget: random and herding, M3D at lr = IPC and the linear kernel
+#           (IPC 1 at lr 0.01, where 0.1 diverges); one evaluation run each, at low priority
+#   ipc50   (about 2 hours) only small's two IPC 50 kernel cells, one process each
+# Usage: bash benchmarks/cifar10_budget.sh [first|longer|small|ipc50]   (prepares ../shared/data/cifar10 into data/cifar10 first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-first}
@@ -35,14 +37,14 @@ first)
   } > "$RUNS.b.log" 2>&1 &
   ;;
 longer)
-  P="data.root=data/cifar10 ipc=10 eval.runs=2 eval.epochs=200 eval.test_every=200 seed=3"
-  {
-    nice -n 19 python -m benchmarks.steps_curve cifar10 --out $OUT --methods dm --steps 1000,2000 $P            # lr 0.1
-    nice -n 19 python -m benchmarks.steps_curve cifar10 --out $OUT --methods dm --steps 600,1000 $P lr=0.04     # DM's lr x std^2
-  } > "$RUNS.longer.a.log" 2>&1 &
-  {
-    nice -n 19 python -m benchmarks.steps_curve cifar10 --out $OUT --methods m3d --steps 1000,2000 $P lr=10     # lr = IPC
-  } > "$RUNS.longer.b.log" 2>&1 &
+  P="data.root=data/cifar10 ipc=10 eval.runs=2 eval.epochs=200 eval.test_every=200 seed=3 backend=local"
+  curve --methods dm --steps 2000 $P > "$RUNS.longer.a.log" 2>&1 &           # lr 0.1
+  curve --methods m3d --steps 2000 $P lr=10 > "$RUNS.longer.b.log" 2>&1 &    # lr = IPC
+  ;;
+ipc50)
+  P="data.root=data/cifar10 ipc=50 eval.runs=1 eval.epochs=200 eval.test_every=200 seed=3 backend=local"
+  curve --methods m3d --steps 100 $P lr=50 > "$RUNS.ipc50.a.log" 2>&1 &      # lr = IPC
+  curve --methods dm --steps 100 $P > "$RUNS.ipc50.b.log" 2>&1 &             # lr 0.1
   ;;
 small)
   P="data.root=data/cifar10 eval.runs=1 eval.epochs=200 eval.test_every=200 seed=3 backend=local"
@@ -59,6 +61,6 @@ small)
     low python -m benchmarks.steps_curve cifar10 --out $OUT --methods dm --steps 100 $P ipc=50
   } > "$RUNS.small.log" 2>&1 &
   ;;
-*) echo "usage: bash benchmarks/cifar10_budget.sh [first|longer|small]" >&2; exit 2 ;;
+*) echo "usage: bash benchmarks/cifar10_budget.sh [first|longer|small|ipc50]" >&2; exit 2 ;;
 esac
 wait
