@@ -185,9 +185,10 @@ def test_failed_rerun_over_a_prepared_dataset_leaves_no_stale_manifest(tmp_path)
 
 
 def test_images_of_different_sizes_without_size_option_name_the_file(tmp_path):
+    # grayscale files, so one channel
     write_image_folder(tmp_path / "src", "train", synthetic_classes(num_classes=1, per_class=2), sizes=[(12, 12), (14, 12)])
     bad = tmp_path / "src" / "train" / "class0" / "img0001.png"
-    with pytest.raises(SourceError, match=f"{bad}: image is 12x14x3, others are 12x12x3"):
+    with pytest.raises(SourceError, match=f"{bad}: image is 12x14x1, others are 12x12x1"):
         _prepare(tmp_path / "src", tmp_path / "out", image_format="png")
 
 
