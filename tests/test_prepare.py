@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
 from conftest import SHARED_DATA, synthetic_classes, write_npz
+from PIL import Image
 from source_files import write_cifar10, write_cifar100, write_idx, write_image_folder, write_svhn
 
 from m3d_condense.pipeline.data import ClassShardReader, read_manifest

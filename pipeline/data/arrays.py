@@ -90,8 +90,8 @@ def folder_arrays(path: str, split: str) -> tuple[np.ndarray, np.ndarray, list[s
     if split not in src.splits:
         raise SourceError(f"{path}: has no {split!r} split (has {sorted(src.splits)})")
     sp = src.splits[split]
-    mode = image_mode([ref for items in sp.items for ref in items[:1]])
-    images = [load_pixels(ref, None, sp.origin, mode) for items in sp.items for ref in items]
+    mode = image_mode(src.splits)  # chosen over every split, so train and test get the same channels
+    images = [load_pixels(ref, None, mode) for items in sp.items for ref in items]
     labels = np.concatenate([np.full(len(items), c, dtype=np.int64) for c, items in enumerate(sp.items)])
     return _stack(images, f"{path} {split}"), labels, list(sp.class_names)
 

@@ -53,31 +53,36 @@ class ShardTask:
 GRAYSCALE_MODES = ("1", "L")  # PIL modes of one-channel files
 
 
-def image_mode(refs: list[ImageRef]) -> str:
-    """The PIL mode every image file becomes: "L" (one channel) when the sampled files are all
-    grayscale, as an exported MNIST set is, else "RGB" (so ImageNet's few grayscale JPEGs join
-    its colour ones). Samples at most the first 50 files; arrays keep their own channels."""
-    files = [r for r in refs if isinstance(r, str)][:50]
-    modes = set()
-    for f in files:
-        try:
-            with Image.open(f) as img:
-                modes.add(img.mode)
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-            raise SourceError(f"{f}: not a decodable image ({type(e).__name__}: {e})") from None
+def first_images(splits: dict[str, SourceSplit]) -> list[ImageRef]:
+    """The first image of every class of every split: the sample the format and mode are chosen by."""
+    return [r for sp in splits.values() for items in sp.items for r in items[:1]]
+
+
+def _open_image(path: str) -> Image.Image:
+    """The decoded image file; a SourceError naming the file if PIL cannot read it."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+        raise SourceError(f"{path}: not a decodable image ({type(e).__name__}: {e})") from None
+
+
+def image_mode(splits: dict[str, SourceSplit]) -> str:
+    """The PIL mode every image file of ``splits`` becomes, one for all splits: "L" (one channel)
+    when the sampled files are all grayscale, as an exported MNIST set is, else "RGB" (so
+    ImageNet's few grayscale JPEGs join its colour ones). Samples at most 50 files (the first of
+    each class); arrays keep their own channels."""
+    files = [r for r in first_images(splits) if isinstance(r, str)][:50]
+    modes = {_open_image(f).mode for f in files}
     return "L" if modes and modes <= set(GRAYSCALE_MODES) else "RGB"
 
 
-def load_pixels(ref: ImageRef, size: int | None, where: str, mode: str = "RGB") -> np.ndarray:
-    """uint8 (H, W, C) for a file (converted to PIL ``mode``) or an array; resized so the shorter
-    side is ``size`` and centre-cropped to size x size when ``size`` is given."""
+def load_pixels(ref: ImageRef, size: int | None, mode: str) -> np.ndarray:
+    """uint8 (H, W, C) for a file (converted to PIL ``mode``, see ``image_mode``) or an array;
+    resized so the shorter side is ``size`` and centre-cropped to size x size when ``size`` is given."""
     if isinstance(ref, str):
-        try:
-            with Image.open(ref) as img:
-                img = img.convert(mode)
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-            raise SourceError(f"{ref}: not a decodable image ({type(e).__name__}: {e})") from None
-        pixels = np.asarray(img)
+        pixels = np.asarray(_open_image(ref).convert(mode))
         pixels = pixels[..., None] if pixels.ndim == 2 else pixels
     else:
         pixels = ref
@@ -101,14 +106,14 @@ def _format_for(refs: list[ImageRef], requested: str) -> str:
 
 # ----------------------------------------------------------------------------- one shard (runs in a worker)
 def build_task(task: ShardTask, dest: str, image_format: str, quality: int, size: int | None,
-               previous: dict[str, tuple[str, int]], mode: str = "RGB") -> dict:
+               previous: dict[str, tuple[str, int]], mode: str) -> dict:
     """Encode one shard, write it unless the previous manifest already has these bytes, and
     return its manifest row plus the pixel statistics of its images."""
     samples, shape = [], None
     total, total_sq = None, None
     for i, ref in enumerate(task.refs):
         where = ref if isinstance(ref, str) else f"{task.origin} class {task.class_name!r} image {task.first + i}"
-        pixels = load_pixels(ref, size, where, mode)
+        pixels = load_pixels(ref, size, mode)
         if shape is None:
             shape = pixels.shape
         elif pixels.shape != shape:
@@ -197,8 +202,7 @@ def prepare(source: str | Source, dest: str, opts: PrepareOptions = PrepareOptio
     src = source if isinstance(source, Source) else open_source(source)
     splits = _select(src, opts)
     storage.check_writable(dest)
-    firsts = [r for sp in splits.values() for items in sp.items for r in items[:1]]
-    image_format, mode = _format_for(firsts, opts.image_format), image_mode(firsts)
+    image_format, mode = _format_for(first_images(splits), opts.image_format), image_mode(splits)
     tasks = _tasks(splits, opts.shard_size)
     previous = _previous_rows(dest)
     total = sum(len(t.refs) for t in tasks)
