@@ -83,6 +83,10 @@ def evaluate(train: Any, test: Any, *, preset: str = "custom", archs: list[str] 
     if len(train_set.class_names) != len(test_images.class_names):
         raise ConfigError(f"the training set has {len(train_set.class_names)} classes, the test set "
                           f"{len(test_images.class_names)}")
+    shapes = ["x".join(map(str, s.images.shape[1:])) for s in (train_set, test_images)]
+    if shapes[0] != shapes[1]:  # else the network fails deep inside, naming neither set
+        raise ConfigError(f"the training images are {shapes[0]}, the test images {shapes[1]} (channels x height "
+                          "x width): prepare both at one size and channel count")
 
     def test_stats() -> dict:
         pixels = test_images.images.float().div_(255.0)

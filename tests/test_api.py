@@ -133,6 +133,16 @@ def test_evaluate_refuses_a_training_set_with_other_classes_than_the_test_set():
                  progress=False)
 
 
+def test_evaluate_refuses_training_images_of_another_shape_than_the_test_images_naming_both():
+    x, y = _pixels(channels=3)
+    gray = SyntheticSet(torch.rand(3, 1, 8, 8), torch.tensor([0, 1, 2]), 1, NAMES)
+    with pytest.raises(ConfigError, match="the training images are 1x8x8, the test images 3x8x8"):
+        evaluate(gray, (x, y), runs=1, epochs=1, progress=False)
+    small = SyntheticSet(torch.rand(3, 3, 6, 6), torch.tensor([0, 1, 2]), 1, NAMES)
+    with pytest.raises(ConfigError, match="the training images are 3x6x6, the test images 3x8x8"):
+        evaluate(small, (x, y), runs=1, epochs=1, progress=False)
+
+
 def test_eval_runs_without_a_test_dataset_is_a_clear_error(tmp_path):
     x, y = _pixels()
     with pytest.raises(ConfigError, match="eval.runs > 0 needs test_dataset"):
