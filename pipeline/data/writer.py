@@ -58,11 +58,13 @@ def first_images(splits: dict[str, SourceSplit]) -> list[ImageRef]:
     return [r for sp in splits.values() for items in sp.items for r in items[:1]]
 
 
-def _open_image(path: str) -> Image.Image:
-    """The decoded image file; a SourceError naming the file if PIL cannot read it."""
+def _open_image(path: str, decode: bool = True) -> Image.Image:
+    """The image file, decoded unless ``decode`` is False (then only its header is read, which
+    gives the mode and size); a SourceError naming the file if PIL cannot read it."""
     try:
         with Image.open(path) as img:
-            img.load()
+            if decode:
+                img.load()
             return img
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
         raise SourceError(f"{path}: not a decodable image ({type(e).__name__}: {e})") from None
@@ -74,7 +76,7 @@ def image_mode(splits: dict[str, SourceSplit]) -> str:
     ImageNet's few grayscale JPEGs join its colour ones). Samples at most 50 files (the first of
     each class); arrays keep their own channels."""
     files = [r for r in first_images(splits) if isinstance(r, str)][:50]
-    modes = {_open_image(f).mode for f in files}
+    modes = {_open_image(f, decode=False).mode for f in files}  # the header says it
     return "L" if modes and modes <= set(GRAYSCALE_MODES) else "RGB"
 
 
