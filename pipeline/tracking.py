@@ -7,6 +7,11 @@ switched on. ``check_tracking`` runs at the start of a run, so a missing package
 no place to go fails before condensation, not after hours of it; ``track_run`` runs once at the
 end, after summary.json and grid.png are written.
 
+A run directory logged again (``reevaluate=true``) replaces its records, so the loss curve is not
+shown twice: its old TensorBoard event files are removed, and its earlier MLflow runs (those
+tagged with its run directory) are marked deleted (MLflow keeps them restorable until
+``mlflow gc``).
+
 TensorBoard: RUN_DIR/tensorboard/. SummaryWriter writes local files only (s3 would need extra
 packages), so for a run directory on an object store the event files are written to a local
 temporary folder, then uploaded next to the run's other outputs.
@@ -47,6 +52,8 @@ RUN_SCALARS = ("final_loss", "condense_seconds", "condense_it_per_s", "sync_over
                "resume_read_bytes", "worker_restarts", "train_images", "driver_peak_bytes")
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
 ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
+EVENT_FILES = "events.out.tfevents."  # how SummaryWriter's files are named
+RUN_DIR_TAG = "m3d.run_dir"  # the MLflow tag naming the run directory a run was logged from
 
 
 class TrackingError(RunError):
@@ -172,10 +179,14 @@ def _is_number(value: Any) -> bool:
 
 # TensorBoard -----------------------------------------------------------------------------------
 def write_tensorboard(run_url: str, scalars: list[Scalar]) -> str:
-    """Event files in RUN_DIR/tensorboard: the scalars and grid.png as an image. A remote run
-    directory gets them through a local temporary folder (SummaryWriter writes local files)."""
+    """Event files in RUN_DIR/tensorboard, replacing any written before: the scalars and grid.png
+    as an image. A remote run directory gets them through a local temporary folder
+    (SummaryWriter writes local files)."""
     summary_writer = _summary_writer_class()
     target = storage.join(run_url, "tensorboard")
+    for old in storage.list_files(target, ""):
+        if old.rsplit("/", 1)[-1].startswith(EVENT_FILES):
+            storage.remove(old)
     local = _local_path(target)
     with contextlib.ExitStack() as stack:
         folder = local or stack.enter_context(tempfile.TemporaryDirectory(prefix="m3d-tensorboard-"))
@@ -208,21 +219,33 @@ def _upload_folder(folder: str, url: str) -> None:
 # MLflow ----------------------------------------------------------------------------------------
 def log_mlflow(cfg: RunConfig, run_url: str, scalars: list[Scalar]) -> str:
     """One MLflow run named ``run_name`` in experiment ``tracking.experiment`` (default: the
-    preset): the config as params, the scalars as metrics, summary.json, config.yaml and grid.png
-    as artifacts. Uses a client bound to the store's URI: the caller's MLflow state is untouched."""
+    preset), replacing the run directory's earlier ones: the config as params, the scalars as
+    metrics, summary.json, config.yaml and grid.png as artifacts. Uses a client bound to the
+    store's URI: the caller's MLflow state is untouched."""
     uri = mlflow_uri(cfg, run_url)
     experiment = cfg.tracking.experiment or cfg.preset
     with _file_store_allowed():
         client = _mlflow_client_class()(tracking_uri=uri)
-        run_id = client.create_run(_experiment_id(client, experiment), run_name=cfg.run_name,
-                                   tags={"m3d.run_dir": run_url}).info.run_id
+        experiment_id = _experiment_id(client, experiment)
+        earlier = _runs_logged_from(client, experiment_id, run_url)
+        run_id = client.create_run(experiment_id, run_name=cfg.run_name, tags={RUN_DIR_TAG: run_url}).info.run_id
         try:
             _log_records(client, run_id, cfg, run_url, scalars)
         except BaseException:
             client.set_terminated(run_id, "FAILED")  # a half-logged run must not look complete
             raise
         client.set_terminated(run_id, "FINISHED")
-    return f"MLflow: run {run_id} in experiment {experiment!r} at {uri}"
+        for old in earlier:  # only once the new run is complete: a failed log keeps the old one
+            client.delete_run(old)
+    replaced = f", replacing {len(earlier)} earlier" if earlier else ""
+    return f"MLflow: run {run_id} in experiment {experiment!r} at {uri}{replaced}"
+
+
+def _runs_logged_from(client: Any, experiment_id: str, run_url: str) -> list[str]:
+    """The ids of the active runs of the experiment tagged with the run directory ``run_url``."""
+    quote = '"' if "'" in run_url else "'"  # MLflow's filter strings take either quote, no escapes
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_DIR_TAG}` = {quote}{run_url}{quote}")
+    return [r.info.run_id for r in runs]
 
 
 @contextlib.contextmanager

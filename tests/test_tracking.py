@@ -105,6 +105,30 @@ def test_a_run_directory_on_an_object_store_gets_its_event_files_uploaded(tracke
     assert run.data.tags["m3d.run_dir"] == run_url
 
 
+def test_a_reevaluated_run_replaces_its_tensorboard_events_and_its_mlflow_run(tmp_path, monkeypatch):
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = ["digits", f"out_dir={tmp_path}", "run_name=r", *TINY, "eval.epochs=1", "diagnostics.moments=false",
+            "tracking.tensorboard=true", "tracking.mlflow=true"]
+    assert main(args) == 0
+    assert main([*args, "reevaluate=true"]) == 0
+    run_dir = tmp_path / "r"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("condense/mmd2")] == [t for t, _ in summary["loss_curve"]]  # once
+    assert len([f for f in os.listdir(run_dir / "tensorboard") if f.startswith("events.out.tfevents.")]) == 1
+    monkeypatch.setenv(ALLOW, "true")
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").as_uri())
+    experiment = client.get_experiment_by_name("digits").experiment_id
+    [run] = client.search_runs([experiment])
+    assert run.data.metrics["eval/convnet3/accuracy_mean"] == pytest.approx(summary["evals"][0]["accuracy_mean"])
+    [deleted] = client.search_runs([experiment], run_view_type=ViewType.DELETED_ONLY)  # the first log, restorable
+    assert deleted.data.tags["m3d.run_dir"] == run.data.tags["m3d.run_dir"] and deleted.info.run_id != run.info.run_id
+
+
 def test_tracking_is_off_by_default(tmp_path):
     assert main(["digits", f"out_dir={tmp_path}", "run_name=off", "iterations=1", "eval.runs=0",
                  "diagnostics.moments=false", "encoder.width=16", "batch_real=16", "backend=local"]) == 0

@@ -156,6 +156,13 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     retrying("writing", url, fs, put)
 
 
+def remove(url: str) -> None:
+    """Delete the file ``url``; nothing if it does not exist."""
+    fs, path = filesystem(url)
+    with contextlib.suppress(FileNotFoundError):
+        retrying("removing", url, fs, lambda: fs.rm(path))
+
+
 def check_writable(url: str) -> None:
     """Raise StorageError naming ``url`` unless a small file can be written and removed there."""
     probe = join(url, f".write-probe-{uuid.uuid4().hex}")
