@@ -133,20 +133,11 @@ def build_task(task: ShardTask, dest: str, image_format: str, quality: int, size
     url = storage.join(dest, rel)
     written = False
     if previous.get(rel) != (sha, len(data)) or not storage.exists(url) or storage.size(url) != len(data):
-        _remove_manifest(dest)  # the old manifest no longer describes what is on disk
+        storage.remove(storage.join(dest, FILENAME))  # the old manifest no longer describes what is on disk
         storage.write_bytes_atomic(url, data)
         written = True
     row = ShardRow(task.split, task.class_index, task.class_name, rel, len(samples), len(data), sha)
     return {"row": asdict(row), "shape": shape, "sum": total, "sum_sq": total_sq, "written": written}
-
-
-def _remove_manifest(dest: str) -> None:
-    url = storage.join(dest, FILENAME)
-    fs, path = storage.filesystem(url)
-    try:
-        fs.rm(path)
-    except FileNotFoundError:
-        pass
 
 
 # ----------------------------------------------------------------------------- the whole dataset
