@@ -110,10 +110,11 @@ def write_imagefolder(syn: SyntheticSet, dest: str) -> str:
     storage.check_writable(dest)
     counts = [0] * len(syn.class_names)
     for pixels, labels in decoded_uint8(syn):
+        files = {}
         for image, label in zip(pixels, labels, strict=True):
-            name = f"{counts[label]:05d}.png"
-            storage.write_bytes_atomic(storage.join(train, syn.class_names[label], name), encode_image(image, "png"))
+            files[storage.join(train, syn.class_names[label], f"{counts[label]:05d}.png")] = encode_image(image, "png")
             counts[label] += 1
+        storage.write_files_atomic(files)  # a chunk at a time: concurrent PUTs on an object store
     names = "".join(f"{n}\n" for n in syn.class_names)
     storage.write_bytes_atomic(storage.join(dest, CLASS_LIST), names.encode())  # last: the export is complete
     return dest

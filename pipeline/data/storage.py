@@ -156,6 +156,22 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     retrying("writing", url, fs, put)
 
 
+def write_files_atomic(files: dict[str, bytes]) -> None:
+    """``write_bytes_atomic`` for every (url, data) of ``files``, all on one filesystem. On an object
+    store the PUTs go out together (fsspec sends them concurrently, each one atomic): one at a time,
+    a store's tens of milliseconds per request add up to hours for ImageNet-scale exports."""
+    if not files:
+        return
+    first = next(iter(files))
+    fs, _ = filesystem(first)
+    if not OBJECT_STORES & _protocols(fs):
+        for url, data in files.items():
+            write_bytes_atomic(url, data)
+        return
+    paths = {filesystem(url)[1]: data for url, data in files.items()}
+    retrying("writing", f"{first} and {len(files) - 1} more", fs, lambda: fs.pipe(paths))
+
+
 def remove(url: str) -> None:
     """Delete the file ``url``; nothing if it does not exist."""
     fs, path = filesystem(url)
