@@ -2,6 +2,7 @@
 the PUTs of a chunk sent together (``storage.write_files_atomic``, the export now).
 
     python -m benchmarks.export_throughput [--classes 10 --decoded 200 --size 32 --repeats 3]
+    python -m benchmarks.export_throughput --way serial     (one export one way, for timing whole processes)
 
 Starts a local S3 server (moto, in its own process, so it does not share the benchmark's GIL),
 builds a random synthetic set (factor 2, so ``--decoded`` images per class), and exports it
@@ -74,6 +75,8 @@ def main() -> None:
     ap.add_argument("--decoded", type=int, default=200, help="decoded images per class (a multiple of 4)")
     ap.add_argument("--size", type=int, default=32, help="decoded image side, pixels")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--way", choices=["both", "serial", "concurrent"], default="both",
+                    help="both: alternate and record; one way: export once that way, print its seconds")
     args = ap.parse_args()
     server = start_s3_server()
     try:
@@ -87,6 +90,11 @@ def main() -> None:
         labels = torch.arange(args.classes).repeat_interleave(stored)
         syn = SyntheticSet(images, labels, FACTOR, [f"class{c}" for c in range(args.classes)])
         ways = {"serial": serial_export, "concurrent": lambda s, d: export(s, d, "imagefolder")}
+        if args.way != "both":
+            t0 = time.perf_counter()
+            ways[args.way](syn, f"{bucket}/{args.way}")
+            print(f"{args.way}: {len(syn)} images in {time.perf_counter() - t0:.2f} s")
+            return
         seconds: dict[str, list[float]] = {w: [] for w in ways}
         for r in range(args.repeats):
             for way, fn in ways.items():  # alternating, so both see the same machine
