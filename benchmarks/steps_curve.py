@@ -27,6 +27,8 @@ from m3d_condense.pipeline.engine import Condenser
 from m3d_condense.pipeline.logs import setup_logging
 from m3d_condense.pipeline.synthetic import SyntheticSet
 
+PROGRESS_EVERY = 50  # iterations between progress lines
+
 
 def trajectory(preset: str, method: str, steps: list[int], overrides: list[str], out: Path) -> list[dict]:
     cfg = load_config(preset, [*NAMED_METHODS[method], *overrides])
@@ -39,7 +41,13 @@ def trajectory(preset: str, method: str, steps: list[int], overrides: list[str],
         t0 = time.perf_counter()
         while condenser.iteration < target:
             losses.append(float(condenser.step().mean()))
+            if condenser.iteration % PROGRESS_EVERY == 0:  # hours of work: say where it is
+                print(f"[steps] {method} iteration {condenser.iteration}/{steps[-1]}, loss {losses[-1]:.4g}, "
+                      f"{(condense_s + time.perf_counter() - t0) / condenser.iteration:.2f} s/iteration",
+                      file=sys.stderr, flush=True)
         condense_s += time.perf_counter() - t0
+        print(f"[steps] {method} {target}: evaluating ({cfg.eval.runs} x {cfg.eval.epochs} epochs)",
+              file=sys.stderr, flush=True)
         current = SyntheticSet(condenser.images.detach().cpu(), labels, cfg.factor, cache.class_names)
         evals, _ = evaluate_set(cfg, current, "local", torch.device("cpu"), progress=False)
         accs = evals[0]["runs"]
