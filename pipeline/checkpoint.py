@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from m3d_condense.pipeline.config import RunConfig, dotted, fingerprint, shaping_values
+from m3d_condense.pipeline.config import RunConfig, dotted, fingerprint, hydra_overrides, shaping_values
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.errors import RunError
 
@@ -125,9 +125,12 @@ class RunStore:
             return RunState.new(cfg)
         if state.fingerprint != fingerprint(cfg):
             diff = changed_keys(state.condensation_config, cfg)
-            if diff:
+            if diff:  # its own values, as overrides: a changed default is then one paste away
+                old = dotted(state.condensation_config)
+                was = " ".join(hydra_overrides({k: old[k] for k in diff if k in old}))
                 raise ResumeError(f"{self.path(RUN_FILE)}: this run was started with a different config "
-                                  f"(differs in: {', '.join(diff)}); use a new run_name or the original settings")
+                                  f"(differs in: {', '.join(diff)}); it ran with {was or 'those keys unset'}: "
+                                  "give those to resume it, or use a new run_name")
             state.fingerprint, state.condensation_config = fingerprint(cfg), shaping_values(cfg)
         return state
 

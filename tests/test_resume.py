@@ -45,6 +45,16 @@ def test_rerun_with_a_different_condensation_config_is_refused_naming_the_keys(t
     assert main(_args(tmp_path, "c", "iterations=3", "eval.runs=0", "ipc=2", "lr=0.5")) == 2
     err = capsys.readouterr().err
     assert "run.json: this run was started with a different config (differs in: ipc, lr)" in err
+    assert "it ran with ipc=1 lr=0.3: give those to resume it" in err  # digits' values, as overrides
+
+
+def test_a_run_refused_for_a_changed_default_resumes_with_the_values_the_message_gives(tmp_path, capsys):
+    assert main(_args(tmp_path, "c", "iterations=3", "eval.runs=0", "lr=1")) == 0  # as if lr 1 were the default
+    assert main(_args(tmp_path, "c", "iterations=3", "eval.runs=0")) == 2
+    given = capsys.readouterr().err.split("it ran with ", 1)[1].split(":", 1)[0].split()
+    assert given == ["lr=1.0"]
+    assert main(_args(tmp_path, "c", "iterations=3", "eval.runs=0", *given)) == 0
+    assert "finished earlier" in capsys.readouterr().err
 
 
 def test_sigkilled_local_run_with_its_run_directory_on_s3_resumes_to_the_identical_set(tmp_path, s3_bucket):
