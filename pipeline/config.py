@@ -250,7 +250,10 @@ class RunConfig:
     ipm: int = shaping(5)  # iterations per random encoder
     kernel: Kernel = shaping(Kernel.gaussian)  # gaussian (M3D) | linear (= DM) | polynomial
     estimator: Estimator = shaping(Estimator.biased)  # biased (V-statistic, as released) | unbiased
-    lr: float = shaping(1.0)  # SGD on the pixels, momentum below
+    # SGD on the pixels, momentum below. None (default): lr = ipc, as some released presets, because
+    # each image's gradient scales as 1/(ipc*factor^2), so the lr that fits IPC 1 under-steps at
+    # IPC 10 and 50 (BENCHMARKS.md, "CIFAR-10"). A preset may fix it (ImageNet: the paper's 0.1).
+    lr: float | None = shaping(None)
     momentum: float = shaping(0.5)
     batch_real: int = shaping(128)  # real images per class per iteration
     # reference: C per-class SGD steps sharing one momentum buffer (released code)
@@ -282,6 +285,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _at_least(self, "", 1, "ipc", "factor", "iterations", "ipm", "batch_real", "log_every", "workers")
+        if self.lr is None:
+            self.lr = float(self.ipc)
         _at_least(self, "", 0, "checkpoint_every", "chunk_classes")
         _check_switch("compile", self.compile)
         _check_archs("encoder.arch", [self.encoder.arch])

@@ -10,7 +10,7 @@ from conftest import REPO, SHARED_DATA, synthetic_classes, write_npz
 from PIL import Image
 
 from m3d_condense.pipeline.cli import main
-from m3d_condense.pipeline.config import ConfigError, list_presets, load_config
+from m3d_condense.pipeline.config import NAMED_METHODS, ConfigError, list_presets, load_config
 from m3d_condense.pipeline.synthetic import SyntheticSet, is_stored
 
 RUN = REPO / "pipeline" / "run.py"
@@ -92,13 +92,27 @@ def test_every_dataset_of_the_design_has_a_preset_with_paper_hyperparameters():
                                    "imagenet10", "imagenet100", "imagenet1k"}
     for low_res in ("mnist", "fashion_mnist", "svhn", "cifar10", "cifar100"):
         cfg = load_config(low_res)
-        assert (cfg.iterations, cfg.factor, cfg.lr, cfg.ipm, cfg.batch_real) == (10000, 2, 1.0, 5, 128)
+        assert (cfg.iterations, cfg.factor, cfg.lr, cfg.ipm, cfg.batch_real) == (10000, 2, cfg.ipc, 5, 128)
         assert cfg.encoder.arch == "convnet3" and cfg.eval.epochs == 1000
     for subset, classes in (("imagenet10", 10), ("imagenet100", 100), ("imagenet1k", 1000)):
         cfg = load_config(subset)
         batch_real = 128 if classes >= 100 else 64  # IDC raises it to >= 128 for 100 or more classes
         assert (cfg.iterations, cfg.factor, cfg.lr, cfg.batch_real, cfg.data.num_classes) == (1000, 3, 0.1, batch_real, classes)
         assert cfg.encoder.arch == "resnetap10" and list(cfg.data.image_size) == [224, 224]
+
+
+@pytest.mark.parametrize("preset", ["mnist", "fashion_mnist", "svhn", "cifar10", "cifar100", "tinyimagenet", "custom"])
+def test_the_default_lr_is_the_ipc_unless_the_command_gives_one(preset):
+    data = [] if preset != "custom" else ["data.num_classes=2", "data.channels=1", "data.image_size=[8,8]",
+                                           "data.mean=[0.5]", "data.std=[0.5]"]
+    assert [load_config(preset, [*data, f"ipc={ipc}"]).lr for ipc in (1, 10, 50)] == [1.0, 10.0, 50.0]
+    assert load_config(preset, [*data, "ipc=50", "lr=2"]).lr == 2.0
+    assert load_config(preset, [*data, "ipc=50", *NAMED_METHODS["dm"]]).lr == 0.1  # DM's own lr
+
+
+def test_presets_that_fix_the_lr_keep_it_at_every_ipc():
+    assert {load_config("digits", [f"ipc={ipc}"]).lr for ipc in (1, 10)} == {0.3}  # measured on the demo
+    assert {load_config("imagenet100", [f"ipc={ipc}"]).lr for ipc in (1, 10, 50)} == {0.1}  # the paper's
 
 
 def test_overrides_of_the_issue_are_accepted():
