@@ -11,8 +11,9 @@
 #   small   (about 3 hours, one process) the linear kernel at lr 0.04 to 600 iterations; IPC 1 and
 #           IPC 50 at a smaller budget: random and herding, M3D at lr = IPC and the linear kernel
 #           (IPC 1 at lr 0.01, where 0.1 diverges); one evaluation run each, at low priority
-#   ipc50   (about 65 minutes) small's two IPC 50 kernel cells and M3D at lr 1 (the preset's then)
-#           beside them (whether lr = IPC also holds at IPC 50), one process each (three on 2 cores)
+#   ipc50   (about 100 minutes) small's two IPC 50 kernel cells and M3D at lr 1 (the preset's then)
+#           beside them (whether lr = IPC also holds at IPC 50), one process each (three on 2
+#           cores); then the initial set in the third
 # Usage: bash benchmarks/cifar10_budget.sh [first|longer|small|ipc50]   (prepares ../shared/data/cifar10 into data/cifar10 first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +47,10 @@ ipc50)
   P="data.root=data/cifar10 ipc=50 eval.runs=1 eval.epochs=200 eval.test_every=200 seed=3 backend=local"
   curve --methods m3d --steps 100 $P lr=50 > "$RUNS.ipc50.a.log" 2>&1 &      # lr = IPC
   curve --methods dm --steps 100 $P > "$RUNS.ipc50.b.log" 2>&1 &             # lr 0.1
-  curve --methods m3d --steps 100 $P lr=1 > "$RUNS.ipc50.c.log" 2>&1 &       # lr 1 (the preset's then)
+  {
+    curve --methods m3d --steps 100 $P lr=1     # lr 1 (the preset's then)
+    curve --methods m3d --steps 0 $P            # the initial set
+  } > "$RUNS.ipc50.c.log" 2>&1 &
   ;;
 small)
   P="data.root=data/cifar10 eval.runs=1 eval.epochs=200 eval.test_every=200 seed=3 backend=local"
