@@ -13,8 +13,8 @@ tagged with its run directory) are marked deleted (MLflow keeps them restorable 
 ``mlflow gc``).
 
 TensorBoard: RUN_DIR/tensorboard/. SummaryWriter writes local files only (s3 would need extra
-packages), so for a run directory on an object store the event files are written to a local
-temporary folder, then uploaded next to the run's other outputs.
+packages), so the event files are written to a local temporary folder, then copied next to the
+run's other outputs, wherever the run directory is.
 
 MLflow: a local file store, RUN_DIR/mlruns (no server), unless ``tracking.mlflow_uri`` names
 another store. MLflow 3 keeps the file store in maintenance mode and refuses to open one unless
@@ -179,17 +179,15 @@ def _is_number(value: Any) -> bool:
 
 # TensorBoard -----------------------------------------------------------------------------------
 def write_tensorboard(run_url: str, scalars: list[Scalar]) -> str:
-    """Event files in RUN_DIR/tensorboard, replacing any written before: the scalars and grid.png
-    as an image. A remote run directory gets them through a local temporary folder
-    (SummaryWriter writes local files)."""
+    """Event files in RUN_DIR/tensorboard: the scalars and grid.png as an image. SummaryWriter
+    writes local files, so they are written to a temporary folder and then copied there (a run
+    directory may be remote); the event files of an earlier log are removed after the copy, so a
+    failed log leaves the earlier one in place."""
     summary_writer = _summary_writer_class()
     target = storage.join(run_url, "tensorboard")
-    for old in storage.list_files(target, ""):
-        if old.rsplit("/", 1)[-1].startswith(EVENT_FILES):
-            storage.remove(old)
-    local = _local_path(target)
-    with contextlib.ExitStack() as stack:
-        folder = local or stack.enter_context(tempfile.TemporaryDirectory(prefix="m3d-tensorboard-"))
+    names = (url.rsplit("/", 1)[-1] for url in storage.list_files(target, ""))
+    earlier = {name for name in names if name.startswith(EVENT_FILES)}
+    with tempfile.TemporaryDirectory(prefix="m3d-tensorboard-") as folder:
         writer = summary_writer(log_dir=folder)
         try:
             for s in scalars:
@@ -197,8 +195,9 @@ def write_tensorboard(run_url: str, scalars: list[Scalar]) -> str:
             writer.add_image("synthetic/grid", grid_pixels(run_url), global_step=0, dataformats="HWC")
         finally:
             writer.close()
-        if local is None:
-            _upload_folder(folder, target)
+        written = _upload_folder(folder, target)
+    for name in earlier - written:
+        storage.remove(storage.join(target, name))
     return f"TensorBoard: {len(scalars)} scalars and grid.png in {target}"
 
 
@@ -211,9 +210,14 @@ def grid_pixels(run_url: str) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def _upload_folder(folder: str, url: str) -> None:
+def _upload_folder(folder: str, url: str) -> set[str]:
+    """Copy every file under ``folder`` to the same place under ``url``; returns their relative paths."""
+    names = set()
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        storage.write_bytes_atomic(storage.join(url, path.relative_to(folder).as_posix()), path.read_bytes())
+        name = path.relative_to(folder).as_posix()
+        storage.write_bytes_atomic(storage.join(url, name), path.read_bytes())
+        names.add(name)
+    return names
 
 
 # MLflow ----------------------------------------------------------------------------------------
