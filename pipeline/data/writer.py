@@ -114,11 +114,11 @@ def build_task(task: ShardTask, dest: str, image_format: str, quality: int, size
     samples, shape = [], None
     total, total_sq = None, None
     for i, ref in enumerate(task.refs):
-        where = ref if isinstance(ref, str) else f"{task.origin} class {task.class_name!r} image {task.first + i}"
         pixels = load_pixels(ref, size, mode)
         if shape is None:
             shape = pixels.shape
-        elif pixels.shape != shape:
+        elif pixels.shape != shape:  # the image named only here, on the error path
+            where = ref if isinstance(ref, str) else f"{task.origin} class {task.class_name!r} image {task.first + i}"
             raise SourceError(f"{where}: image is {pixels.shape[0]}x{pixels.shape[1]}x{pixels.shape[2]}, others "
                               f"are {shape[0]}x{shape[1]}x{shape[2]} (pass --size to resize and centre-crop)")
         p = pixels.reshape(-1, pixels.shape[-1]).astype(np.float64) / 255.0
