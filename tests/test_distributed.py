@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -44,6 +45,20 @@ def _wait_for_checkpoint(run_dir, at_least, proc, timeout=120):
     raise TimeoutError(f"no checkpoint at {at_least} in {run_dir}")
 
 
+@contextmanager
+def _driver_held_after_checkpoint(run_dir, at_least, proc):
+    """Stop the driver process once it has checkpointed ``at_least`` and let it go on when the
+    block ends. The workers step in lockstep with it (a few iterations per call), so whatever
+    the block does to them lands mid-run however fast the run is: a 60-iteration run can end
+    within a second, sooner than Ray can list actors and remove a node."""
+    _wait_for_checkpoint(run_dir, at_least, proc)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(ray_head, tmp_path_factory):
     """The reference result: 60 iterations, 2 workers, no interruption."""
@@ -70,13 +85,13 @@ def test_sigkilled_actor_is_restarted_from_its_checkpoint_and_the_run_ends_ident
 
     proc = subprocess.Popen(_cmd(tmp_path, "k", ray_head[0], "iterations=60", "checkpoint_every=10"),
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **RAY_ENV})
-    _wait_for_checkpoint(tmp_path / "k", 10, proc)
-    if not ray.is_initialized():
-        ray.init(address=ray_head[0])
-    victims = [a for a in list_actors(filters=[("state", "=", "ALIVE")], address=ray_head[0])
-               if a.class_name == "ClassWorker"]
-    assert victims, "no live worker actor found"
-    os.kill(victims[0].pid, signal.SIGKILL)
+    with _driver_held_after_checkpoint(tmp_path / "k", 10, proc):
+        if not ray.is_initialized():
+            ray.init(address=ray_head[0])
+        victims = [a for a in list_actors(filters=[("state", "=", "ALIVE")], address=ray_head[0])
+                   if a.class_name == "ClassWorker"]
+        assert victims, "no live worker actor found"
+        os.kill(victims[0].pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "restored from the checkpoint of iteration" in err
@@ -91,10 +106,10 @@ def test_actor_that_dies_more_often_than_allowed_is_reported_with_its_classes(ra
         ray.init(address=ray_head[0])
     proc = subprocess.Popen(_cmd(tmp_path, "x", ray_head[0], "iterations=60", "checkpoint_every=10",
                                  "ray.max_restarts=0"), stderr=subprocess.PIPE, text=True, env={**os.environ, **RAY_ENV})
-    _wait_for_checkpoint(tmp_path / "x", 10, proc)
-    victims = [a for a in list_actors(filters=[("state", "=", "ALIVE")], address=ray_head[0])
-               if a.class_name == "ClassWorker"]
-    os.kill(victims[0].pid, signal.SIGKILL)
+    with _driver_held_after_checkpoint(tmp_path / "x", 10, proc):
+        victims = [a for a in list_actors(filters=[("state", "=", "ALIVE")], address=ray_head[0])
+                   if a.class_name == "ClassWorker"]
+        os.kill(victims[0].pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2
     assert "died and was restarted ray.max_restarts times" in err and "(classes " in err
@@ -243,11 +258,11 @@ def test_losing_a_whole_node_mid_run_ends_with_the_same_synthetic_set(tmp_path, 
         cluster.wait_for_nodes()
         proc = subprocess.Popen(_cmd(tmp_path, "n", cluster.address, "iterations=60", "checkpoint_every=10"),
                                 stderr=subprocess.PIPE, text=True, env={**os.environ, **RAY_ENV})
-        _wait_for_checkpoint(tmp_path / "n", 10, proc)
-        actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], address=cluster.address)
-                  if a.class_name == "ClassWorker"]
-        (lost,) = [n for n in nodes if n.node_id == actors[0].node_id]
-        cluster.remove_node(lost, allow_graceful=False)  # the node and every process on it, at once
+        with _driver_held_after_checkpoint(tmp_path / "n", 10, proc):
+            actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], address=cluster.address)
+                      if a.class_name == "ClassWorker"]
+            (lost,) = [n for n in nodes if n.node_id == actors[0].node_id]
+            cluster.remove_node(lost, allow_graceful=False)  # the node and every process on it, at once
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         summary = json.loads((tmp_path / "n" / "summary.json").read_text())
@@ -271,10 +286,10 @@ def test_a_worker_whose_lost_node_cannot_be_replaced_fails_naming_what_it_needs(
         cmd = _cmd(tmp_path, "p", cluster.address, "iterations=60", "checkpoint_every=10", "ray.worker_cpus=1",
                    "ray.restart_wait_s=5")
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, **RAY_ENV})
-        _wait_for_checkpoint(tmp_path / "p", 10, proc)
-        actor = next(a for a in list_actors(filters=[("state", "=", "ALIVE")], address=cluster.address)
-                     if a.class_name == "ClassWorker")
-        cluster.remove_node(next(n for n in nodes if n.node_id == actor.node_id), allow_graceful=False)
+        with _driver_held_after_checkpoint(tmp_path / "p", 10, proc):
+            actor = next(a for a in list_actors(filters=[("state", "=", "ALIVE")], address=cluster.address)
+                         if a.class_name == "ClassWorker")
+            cluster.remove_node(next(n for n in nodes if n.node_id == actor.node_id), allow_graceful=False)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 2, err
         assert "lost its node and Ray could not place it again within ray.restart_wait_s=5 s" in err
