@@ -184,3 +184,17 @@ def test_s3_server_errors_are_retried_by_botocore_alone_so_the_endpoint_sees_aws
     with pytest.raises(StorageError, match=r"^s3://bucket/ds/run.json: writing failed: OSError: "):
         storage.write_bytes_atomic("s3://bucket/ds/run.json", b"{}")
     assert unavailable_s3[2:] == ["PUT /bucket/ds/run.json"] * 2
+
+
+def test_listing_and_exists_on_s3_see_what_another_process_wrote_after_an_earlier_listing(s3_bucket):
+    """s3fs answers ``ls`` and ``exists`` from listings it cached; a Ray worker's slice or another
+    grid command's cell written since must not read as missing."""
+    import s3fs
+
+    folder = f"{s3_bucket}/cells"
+    storage.write_bytes_atomic(f"{folder}/a.parquet", b"a")
+    assert [u.rsplit("/", 1)[-1] for u in storage.list_files(folder, ".parquet")] == ["a.parquet"]
+    other_process = s3fs.S3FileSystem(skip_instance_cache=True)  # its own client and caches
+    other_process.pipe(f"{folder.removeprefix('s3://')}/b.parquet", b"b")
+    assert [u.rsplit("/", 1)[-1] for u in storage.list_files(folder, ".parquet")] == ["a.parquet", "b.parquet"]
+    assert storage.exists(f"{folder}/b.parquet") and storage.size(f"{folder}/b.parquet") == 1

@@ -89,8 +89,12 @@ def absolute(url: str) -> str:
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem that serves ``url`` and the path inside it."""
+    """The fsspec filesystem that serves ``url`` and the path inside it, with no cached listing of
+    ``path`` or its folders: object-store filesystems (s3fs, gcsfs) answer ``exists``, ``ls`` and
+    ``info`` from listings they cached earlier, which miss what other processes (Ray workers,
+    other grid commands) wrote since, so a slice another process stored would read as missing."""
     fs, path = fsspec.core.url_to_fs(os.path.expanduser(str(url)))
+    fs.invalidate_cache(path)
     return fs, path
 
 
