@@ -55,6 +55,21 @@ def read_cells(out: str) -> list[dict]:
     return [row for url in storage.list_files(storage.join(out, "cells"), ".parquet") for row in read_table(url)]
 
 
+def rebuild_table(out: str) -> list[dict]:
+    """Rewrite ``out/results.parquet`` from every finished cell and return its rows. Another grid
+    process sharing ``out`` may finish a cell while this one writes the table from an older
+    listing: write again until the listing is unchanged, so whichever process writes last has
+    every cell (otherwise the last writer could drop the other's newest cell)."""
+    cells = storage.join(out, "cells")
+    while True:
+        files = storage.list_files(cells, ".parquet")
+        rows = [row for url in files for row in read_table(url)]
+        if rows:
+            write_table(storage.join(out, "results.parquet"), rows)
+        if storage.list_files(cells, ".parquet") == files:
+            return rows
+
+
 def cell_rows(summary: dict, cell: dict) -> list[dict]:
     """One row per architecture and evaluation run of a finished cell, with the moment gaps
     (``moment_<set>_<order>``: set = synthetic, or initial for M3D/DM) when the run computed them."""
@@ -98,10 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = cell_rows(run(cfg, progress=False), cell)
         cell_file = f"{name}_{hashlib.sha1(protocol.encode()).hexdigest()[:8]}.parquet"
         write_table(storage.join(args.out, "cells", cell_file), rows)
-        write_table(table, read_cells(args.out))  # after every cell: an interruption loses one cell at most
-    rows = read_cells(args.out)
-    if rows:
-        write_table(table, rows)
+        rebuild_table(args.out)  # after every cell: an interruption loses one cell at most
+    rows = rebuild_table(args.out)
     storage.write_bytes_atomic(storage.join(args.out, "report.html"), grid_report(rows).encode())
     print(grid_markdown(rows))
     print(f"[grid] {len(rows)} rows in {table}; report: {storage.join(args.out, 'report.html')}", file=sys.stderr)

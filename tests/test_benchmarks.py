@@ -85,6 +85,27 @@ def test_reproduce_grid_writes_one_row_per_cell_and_eval_run_and_skips_finished_
     assert "<th>herding</th>" in (tmp_path / "report.html").read_text()
 
 
+def test_grid_table_keeps_a_cell_another_process_finished_while_this_one_wrote_the_table(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from benchmarks import reproduce
+
+    write = reproduce.write_table
+    write(str(tmp_path / "cells" / "a.parquet"), [{"method": "random", "accuracy": 0.5}])
+    finished_meanwhile = []
+
+    def other_process_finishes_a_cell_during_the_first_table_write(path, rows):
+        write(path, rows)
+        if path.endswith("results.parquet") and not finished_meanwhile:
+            finished_meanwhile.append(path)
+            write(str(tmp_path / "cells" / "b.parquet"), [{"method": "herding", "accuracy": 0.6}])
+
+    monkeypatch.setattr(reproduce, "write_table", other_process_finishes_a_cell_during_the_first_table_write)
+    rows = reproduce.rebuild_table(str(tmp_path))
+    assert finished_meanwhile and sorted(r["method"] for r in rows) == ["herding", "random"]
+    assert sorted(r["method"] for r in pq.read_table(tmp_path / "results.parquet").to_pylist()) == ["herding", "random"]
+
+
 def test_steps_curve_evaluates_one_trajectory_at_each_step_count(tmp_path):
     out = tmp_path / "steps.jsonl"
     cmd = [sys.executable, "-m", "benchmarks.steps_curve", "digits", "--steps", "0,3", "--methods", "m3d",
