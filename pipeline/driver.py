@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from m3d_condense.pipeline import outputs, synthetic, tracking
 from m3d_condense.pipeline.backend import WorkerGroup, resolve_backend, start_workers
@@ -33,7 +32,7 @@ from m3d_condense.pipeline.checkpoint import RunState, RunStore, Status
 from m3d_condense.pipeline.config import RunConfig
 from m3d_condense.pipeline.data import LabeledImages, load_split, open_class_cache, storage
 from m3d_condense.pipeline.evaluate import EvalResult, eval_epochs, train_and_test
-from m3d_condense.pipeline.logs import log
+from m3d_condense.pipeline.logs import log, progress_bar
 from m3d_condense.pipeline.memory import peak_rss_bytes
 from m3d_condense.pipeline.report import write_run_report
 from m3d_condense.pipeline.seeding import derive_seed
@@ -146,8 +145,8 @@ def condense(cfg: RunConfig, store: RunStore, state: RunState, group: WorkerGrou
         state.resume_read_bytes = sum(i["restored_bytes"] for i in infos)
         log.info(f"the workers read {state.resume_read_bytes / 2**20:.1f} MiB of checkpoint slices to resume")
     overheads = []
-    bar = tqdm(total=cfg.iterations, initial=t, desc=f"condense ({len(splits)} workers)", unit="it",
-               disable=not progress, dynamic_ncols=True, mininterval=1.0)
+    bar = progress_bar(total=cfg.iterations, initial=t, desc=f"condense ({len(splits)} workers)", unit="it",
+               progress=progress, dynamic_ncols=True, mininterval=1.0)
     loop_start, loop_from = time.perf_counter(), t
     with bar:
         while t < cfg.iterations:

@@ -29,6 +29,7 @@ from m3d_condense.models import NUM_UNIFORMS, augment, create_model, decode_rows
 from m3d_condense.pipeline.compute import autocast, use_compile
 from m3d_condense.pipeline.config import RunConfig
 from m3d_condense.pipeline.data import LabeledImages
+from m3d_condense.pipeline.logs import progress_bar
 from m3d_condense.pipeline.seeding import derive_seed, generator
 
 # Optimizer steps from which eval.compile=auto compiles: the one-off compile (about a minute
@@ -151,7 +152,6 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: LabeledImag
     ``factor`` > 1 the images are stored multi-formation images: the network trains on the
     N * factor^2 images they decode to, decoded a mini-batch at a time, so only the stored set
     sits on the device. Everything random comes from ``seed``."""
-    from tqdm.auto import tqdm
 
     device, e, d = torch.device(device), cfg.eval, cfg.data
     per_class = len(labels) * factor * factor // d.num_classes
@@ -169,7 +169,7 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: LabeledImag
     x_all, y_all = images.to(device).float(), labels.repeat_interleave(factor * factor).to(device)
     curve, losses = [], []
     model.train()
-    for epoch in tqdm(range(1, epochs + 1), desc=f"eval {arch}", unit="ep", disable=not progress, leave=False):
+    for epoch in progress_bar(range(1, epochs + 1), desc=f"eval {arch}", unit="ep", progress=progress, leave=False):
         losses.append(train_epoch(net, opt, x_all, y_all, cfg, g, factor))
         sched.step()
         if epoch % e.test_every == 0 or epoch == epochs:

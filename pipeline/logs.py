@@ -1,8 +1,13 @@
-"""The ``m3d`` logger every part of a run writes to, and its one-line stderr format."""
+"""The ``m3d`` logger every part of a run writes to, its one-line stderr format, and the
+progress bars of long steps."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from typing import Any
+
+from tqdm.auto import tqdm
 
 log = logging.getLogger("m3d")
 
@@ -35,3 +40,13 @@ def setup_logging(level: int = logging.INFO) -> None:
     log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False
+
+
+def progress_bar(iterable: Any = None, *, progress: bool = True, **kwargs: Any) -> tqdm:
+    """A tqdm bar (a widget in notebooks), off when ``progress`` is False or the environment
+    has ``TQDM_DISABLE=1`` (e.g. the log of a scheduled run). tqdm itself reads TQDM_DISABLE
+    only when it is imported and only for calls that do not pass ``disable``; read it here at
+    each call instead, so that setting it later (a notebook, a test) works too."""
+    if not progress or os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes"):
+        kwargs["disable"] = True
+    return tqdm(iterable, **kwargs)

@@ -244,3 +244,16 @@ def test_an_unexpected_exception_keeps_its_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "run_pipeline", broken)
     with pytest.raises(KeyError, match="a bug"):
         main(["digits", f"out_dir={tmp_path}"])
+
+
+def test_tqdm_disable_turns_the_progress_bars_off_and_they_show_without_it(tmp_path, capsys, monkeypatch):
+    args = ["digits", f"out_dir={tmp_path}", "iterations=4", "eval.runs=1", "eval.epochs=1", "encoder.width=16",
+            "batch_real=16", "workers=1", "diagnostics.moments=false"]
+    for disable, shown in (("1", False), (None, True)):
+        if disable:
+            monkeypatch.setenv("TQDM_DISABLE", disable)  # e.g. the log of a scheduled run
+        else:
+            monkeypatch.delenv("TQDM_DISABLE", raising=False)
+        assert main([*args, f"run_name=bars{shown}"]) == 0
+        err = capsys.readouterr().err
+        assert ("condense (1 workers)" in err) == shown and ("ep/s" in err) == shown, err[-2000:]  # condense, eval

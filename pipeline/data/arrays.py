@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.data.inmemory import npz_split
@@ -29,6 +28,7 @@ from m3d_condense.pipeline.data.manifest import FILENAME
 from m3d_condense.pipeline.data.shards import unit_to_uint8
 from m3d_condense.pipeline.data.sources import SourceError, open_source
 from m3d_condense.pipeline.data.writer import image_mode, load_pixels
+from m3d_condense.pipeline.logs import progress_bar
 
 IMAGE_KEYS = ("image", "img", "pixel_values")
 LABEL_KEYS = ("label", "labels", "fine_label", "target")
@@ -103,7 +103,7 @@ def _items(dataset: Any, progress: bool) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetFormatError(f"{type(dataset).__name__}: not a map-style dataset (no len()); pass a "
                                  "torch.utils.data.Dataset, a Hugging Face Dataset or (x, y) arrays") from None
     images, labels = [], []
-    for i in tqdm(range(n), desc="reading the dataset", unit="img", disable=not progress, leave=False):
+    for i in progress_bar(range(n), desc="reading the dataset", unit="img", progress=progress, leave=False):
         image, label = _split_item(dataset[i], i)
         images.append(_pixels(image, i))
         labels.append(int(label))

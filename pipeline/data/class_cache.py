@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from tqdm import tqdm
 
 from m3d_condense.pipeline.data.labeled import LabeledImages
 from m3d_condense.pipeline.data.reader import ClassShardReader
 from m3d_condense.pipeline.errors import RunError
+from m3d_condense.pipeline.logs import progress_bar
 from m3d_condense.pipeline.seeding import generator
 
 
@@ -64,7 +64,7 @@ class ClassCache:
         order = sorted(int(c) for c in classes)
         parts, count = [], {}
         total = sum(reader.num_samples(split, c) for c in order)
-        with tqdm(total=total, unit="img", desc=f"cache {split}", disable=not progress) as bar:
+        with progress_bar(total=total, unit="img", desc=f"cache {split}", progress=progress) as bar:
             for c, images in reader.read_classes(split, order, workers):
                 parts.append(images.to(store or device))
                 count[c] = len(images)

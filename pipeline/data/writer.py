@@ -15,12 +15,12 @@ from multiprocessing import get_context
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.data.manifest import FILENAME, Manifest, ManifestError, ShardRow, read_manifest
 from m3d_condense.pipeline.data.shards import Sample, build_shard, encode_image, resize_pixels
 from m3d_condense.pipeline.data.sources import ImageRef, Source, SourceError, SourceSplit, open_source, read_name_list
+from m3d_condense.pipeline.logs import progress_bar
 
 FORMATS = ("auto", "png", "jpeg")
 
@@ -202,7 +202,7 @@ def prepare(source: str | Source, dest: str, opts: PrepareOptions = PrepareOptio
     log(f"{src.kind} {src.path}: {', '.join(f'{k} {sum(map(len, v.items))}' for k, v in splits.items())} images, "
         f"{len(next(iter(splits.values())).class_names)} classes -> {len(tasks)} {image_format} shards in {dest}")
     results = []
-    with tqdm(total=total, unit="img", desc="prepare", disable=not opts.progress) as bar:
+    with progress_bar(total=total, unit="img", desc="prepare", progress=opts.progress) as bar:
         args = (dest, image_format, opts.quality, opts.size, previous, mode)
         if opts.workers == 1:
             for t in tasks:
