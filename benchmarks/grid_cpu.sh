@@ -2,7 +2,8 @@
 # The reduced CPU protocol of BENCHMARKS.md ("Result grid"): MNIST and Fashion-MNIST at IPC 1/10/50,
 # random / herding / DM / M3D, plus DM at lr 0.01 for IPC 1, M3D at lr 10 for IPC 10 and the
 # whole-set upper bound. The recorded grids ran M3D at lr 1, then the default; the default is now
-# lr = IPC, so a fresh run's m3d column at IPC 10 and 50 is lr = IPC (add m3d:lr=1 for the old one).
+# lr = IPC, so a fresh run's m3d column at IPC 10 and 50 is lr = IPC on Fashion-MNIST (add m3d:lr=1
+# for the old one); MNIST's preset keeps lr 1.
 # One process per dataset with one thread each (2 cores); both share one output folder.
 # A rerun skips the finished cells. Usage: bash benchmarks/grid_cpu.sh [OUT]
 set -euo pipefail

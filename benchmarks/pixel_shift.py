@@ -23,6 +23,8 @@ from m3d_condense.pipeline.synthetic import SyntheticSet, is_stored
 
 def run_shift(run_url: str, caches: dict) -> tuple[tuple, float] | None:
     config_url = storage.join(run_url, "config.yaml")
+    if not storage.exists(config_url):  # not a run directory (a log file, an unrelated folder)
+        return None
     cfg = read_config(storage.read_bytes(config_url).decode(), config_url)
     if cfg.method != "m3d" or not is_stored(run_url):
         return None
