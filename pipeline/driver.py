@@ -146,7 +146,7 @@ def condense(cfg: RunConfig, store: RunStore, state: RunState, group: WorkerGrou
         log.info(f"the workers read {state.resume_read_bytes / 2**20:.1f} MiB of checkpoint slices to resume")
     overheads = []
     bar = progress_bar(total=cfg.iterations, initial=t, desc=f"condense ({len(splits)} workers)", unit="it",
-               progress=progress, dynamic_ncols=True, mininterval=1.0)
+                       progress=progress, dynamic_ncols=True, mininterval=1.0)
     loop_start, loop_from = time.perf_counter(), t
     with bar:
         while t < cfg.iterations:

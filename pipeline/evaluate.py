@@ -152,7 +152,6 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, test: LabeledImag
     ``factor`` > 1 the images are stored multi-formation images: the network trains on the
     N * factor^2 images they decode to, decoded a mini-batch at a time, so only the stored set
     sits on the device. Everything random comes from ``seed``."""
-
     device, e, d = torch.device(device), cfg.eval, cfg.data
     per_class = len(labels) * factor * factor // d.num_classes
     epochs = eval_epochs(cfg, per_class)
