@@ -252,7 +252,8 @@ class RunConfig:
     estimator: Estimator = shaping(Estimator.biased)  # biased (V-statistic, as released) | unbiased
     # SGD on the pixels, momentum below. None (default): lr = ipc, as some released presets, because
     # each image's gradient scales as 1/(ipc*factor^2), so the lr that fits IPC 1 under-steps at
-    # IPC 10 and 50 (BENCHMARKS.md, "CIFAR-10"). A preset may fix it (ImageNet: the paper's 0.1).
+    # IPC 10 and 50 (BENCHMARKS.md, "CIFAR-10"). A preset may fix it from its own measured curve
+    # (mnist 1, digits 0.3) or the paper's (ImageNet: 0.1).
     lr: float | None = shaping(None)
     momentum: float = shaping(0.5)
     batch_real: int = shaping(128)  # real images per class per iteration
