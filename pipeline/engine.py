@@ -59,9 +59,9 @@ def compiles_encoder(s: RunConfig) -> bool:
 
 def initial_images(cache: ClassCache, classes: Sequence[int], s: RunConfig) -> torch.Tensor:
     """The starting synthetic set, class-major (len(classes) * ipc, C, H, W): per class,
-    ipc * factor^2 real images tiled factor x factor into ipc stored images. ``init: mix``
-    takes a random sample of the class drawn from (seed, "init", class), as the release takes
-    a shuffled class batch; ``mix_first`` its first images in dataset order."""
+    ipc * factor^2 real images tiled factor x factor into ipc stored images. ``init: mix_first``
+    takes the class's first images in dataset order, as the released code does; ``mix`` a random
+    sample of the class drawn from (seed, "init", class)."""
     n = s.ipc * s.factor**2
 
     def sample(c: int) -> torch.Tensor:
