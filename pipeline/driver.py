@@ -31,6 +31,7 @@ from m3d_condense.pipeline.baselines import select_real
 from m3d_condense.pipeline.checkpoint import RunState, RunStore, Status
 from m3d_condense.pipeline.config import RunConfig
 from m3d_condense.pipeline.data import LabeledImages, load_split, open_class_cache, storage
+from m3d_condense.pipeline.eval_records import EvalRecords
 from m3d_condense.pipeline.evaluate import EvalResult, eval_epochs, train_and_test
 from m3d_condense.pipeline.logs import log, progress_bar
 from m3d_condense.pipeline.memory import peak_rss_bytes
@@ -38,6 +39,8 @@ from m3d_condense.pipeline.report import write_run_report
 from m3d_condense.pipeline.seeding import derive_seed
 from m3d_condense.pipeline.synthetic import SyntheticSet
 from m3d_condense.pipeline.worker import pick_device
+
+SNAPSHOTS = "snapshots"  # RUN_DIR/snapshots/it<t>: the set at iteration t (snapshot_every)
 
 
 @dataclass
@@ -77,7 +80,8 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
             group.stop()
     curves: dict = {}
     if cfg.eval.runs > 0:
-        summary["evals"], curves = evaluate_set(cfg, syn.source, backend, device, progress)
+        summary["evals"], curves = evaluate_set(cfg, syn.source, backend, device, progress,
+                                                records=EvalRecords(run_url, cfg))
         summary["eval"] = summary["evals"][0]
     summary["driver_peak_bytes"] = peak_rss_bytes()  # the head node's share of the run, watched at scale
     write_outputs(run_url, summary, syn, curves)
@@ -119,13 +123,21 @@ def synthesize(cfg: RunConfig, store: RunStore, state: RunState, backend: str, w
     return syn, group
 
 
-def _next_stop(t: int, cfg: RunConfig) -> tuple[int, bool]:
-    """The next iteration the driver syncs at, and whether it is a checkpoint."""
-    every = cfg.checkpoint_every
+def _next_stop(t: int, cfg: RunConfig) -> tuple[int, bool, bool]:
+    """The next iteration the driver syncs at, whether it is a checkpoint, and whether the set
+    is stored there as a snapshot (``snapshot_every``, before the last iteration; a snapshot is
+    also a checkpoint)."""
+    every, snap = cfg.checkpoint_every, cfg.snapshot_every
     sync = min(cfg.iterations, (t // cfg.log_every + 1) * cfg.log_every)
-    if every > 0:
-        sync = min(sync, (t // every + 1) * every)
-    return sync, (every > 0 and sync % every == 0) or sync == cfg.iterations
+    for period in (p for p in (every, snap) if p > 0):
+        sync = min(sync, (t // period + 1) * period)
+    snapshot = snap > 0 and sync % snap == 0 and sync < cfg.iterations  # the final set is stored anyway
+    return sync, (every > 0 and sync % every == 0) or sync == cfg.iterations or snapshot, snapshot
+
+
+def snapshot_url(run_url: str, iteration: int) -> str:
+    """Where ``snapshot_every`` stores the set of ``iteration``: a directory SyntheticSet.load reads."""
+    return storage.join(run_url, SNAPSHOTS, f"it{iteration:07d}")
 
 
 def condense(cfg: RunConfig, store: RunStore, state: RunState, group: WorkerGroup,
@@ -150,10 +162,14 @@ def condense(cfg: RunConfig, store: RunStore, state: RunState, group: WorkerGrou
     loop_start, loop_from = time.perf_counter(), t
     with bar:
         while t < cfg.iterations:
-            target, checkpoint = _next_stop(t, cfg)
+            target, checkpoint, snapshot = _next_stop(t, cfg)
+            snap_url = snapshot_url(store.url, target) if snapshot else None
             sync_start = time.perf_counter()
-            results = group.call("run_until", target, checkpoint)
+            results = group.call("run_until", target, checkpoint, snap_url)
             overheads.append(time.perf_counter() - sync_start - max(r["seconds"] for r in results))
+            if snap_url:  # the index last: a snapshot with an index is whole
+                synthetic.write_index(snap_url, [r["snapshot"] for r in results], cfg.stored_factor,
+                                      infos[0]["class_names"], cfg.data.mean, cfg.data.std)
             if checkpoint:
                 state.checkpoint_bytes = sum(r["checkpoint_bytes"] for r in results)
                 store.record_checkpoint(state, target, [r["checkpoint"] for r in results])
@@ -198,31 +214,44 @@ def diagnose(group: WorkerGroup) -> dict:
 
 # evaluate ----------------------------------------------------------------------------------
 def evaluate_set(cfg: RunConfig, source: SyntheticSet | str, backend: str, device: torch.device,
-                 progress: bool, test: LabeledImages | None = None) -> tuple[list[dict], dict]:
+                 progress: bool, test: LabeledImages | None = None,
+                 records: EvalRecords | None = None) -> tuple[list[dict], dict]:
     """``eval.runs`` networks of each of ``eval.archs`` trained on the set ``source`` (in memory,
     or the run directory storing it) and tested on the real test split (``test`` if given, in
-    this process). Returns one record per architecture and the test curves."""
+    this process). With ``records``, each run is recorded as it ends and a run recorded earlier
+    is read instead of trained again. Returns one record per architecture and the test curves."""
     jobs = [{"arch": a, "run": r, "seed": derive_seed(cfg.seed, "eval-run", r)}
             for a in cfg.eval.archs for r in range(cfg.eval.runs)]
-    if backend == "ray" and test is None:  # each task reads the test split on its own node
+    done = {(j["arch"], j["run"]): records.read(j["arch"], j["run"]) for j in jobs} if records else {}
+    todo = [j for j in jobs if done.get((j["arch"], j["run"])) is None]
+    if len(todo) < len(jobs):
+        log.info(f"evaluation: {len(jobs) - len(todo)} of {len(jobs)} runs recorded earlier in {records.url}")
+
+    def ended(j: dict, r: EvalResult, where: str = "") -> None:
+        done[(j["arch"], j["run"])] = r
+        log.info(f"eval {j['arch']} run {j['run'] + 1}/{cfg.eval.runs}: last-epoch accuracy "
+                 f"{100 * r.accuracy:.2f}% ({r.seconds:.0f}s{where})")
+
+    if backend == "ray" and test is None and todo:  # each task reads the test split on its own node
         from m3d_condense.pipeline.ray_backend import evaluate_remote
 
-        log.info(f"evaluating: {len(jobs)} Ray tasks")
-        results, placements = evaluate_remote(jobs, source, cfg)
-        for p in placements:
+        log.info(f"evaluating: {len(todo)} Ray tasks")
+        paths = [records.path(j["arch"], j["run"]) if records else None for j in todo]
+        results, placements = evaluate_remote(todo, source, cfg, paths)  # each task records its run
+        for j, r, p in zip(todo, results, placements, strict=True):
             if p["warning"]:
                 log.warning(p["warning"])
-        where = [f"; {p['resources']['GPU']:g} of GPU {','.join(p['gpu_ids'])}" if p["gpu_ids"] else ""
-                 for p in placements]
-    else:
+            ended(j, r, f"; {p['resources']['GPU']:g} of GPU {','.join(p['gpu_ids'])}" if p["gpu_ids"] else "")
+    elif todo:
         train = source if isinstance(source, SyntheticSet) else SyntheticSet.load(source)
         test = test if test is not None else load_split(cfg.data, "test")
-        results = [train_and_test(train.images, train.labels, test, j["arch"], cfg, j["seed"], device,
-                                  progress=progress, factor=train.factor) for j in jobs]
-        where = [""] * len(jobs)
-    for j, r, w in zip(jobs, results, where, strict=True):
-        log.info(f"eval {j['arch']} run {j['run'] + 1}/{cfg.eval.runs}: last-epoch accuracy "
-                 f"{100 * r.accuracy:.2f}% ({r.seconds:.0f}s{w})")
+        for j in todo:
+            r = train_and_test(train.images, train.labels, test, j["arch"], cfg, j["seed"], device,
+                               progress=progress, factor=train.factor)
+            if records:
+                records.write(r, j["run"])
+            ended(j, r)
+    results = [done[(j["arch"], j["run"])] for j in jobs]
     epochs = eval_epochs(cfg, synthetic.training_size(source) // cfg.data.num_classes)
     by_arch = {a: [r for j, r in zip(jobs, results, strict=True) if j["arch"] == a] for a in cfg.eval.archs}
     evals = [eval_record(arch, epochs, runs) for arch, runs in by_arch.items()]

@@ -173,13 +173,15 @@ def _span(classes: list[int]) -> str:
     return f"{classes[0]}..{classes[-1]}" if len(classes) > 1 else str(classes[0])
 
 
-def evaluate_remote(jobs: list[dict], source, cfg: RunConfig) -> tuple[list, list[dict]]:
+def evaluate_remote(jobs: list[dict], source, cfg: RunConfig,
+                    record_paths: list[str | None] | None = None) -> tuple[list, list[dict]]:
     """Run ``train_and_test`` for each job as a Ray task, holding ``ray.eval_gpus`` of a GPU
     each when the cluster has GPUs (and device is not cpu). Each task reads the test split on
     its own node (``load_split_here``) and the synthetic set ``source`` from the run directory
     that stores it (a URL), so nothing heavy passes through the driver; a set in memory (a
-    ``SyntheticSet``) goes through the object store. Returns the results and, per job, what it
-    held: ``{"gpu_ids", "resources", "warning"}``."""
+    ``SyntheticSet``) goes through the object store. A task given a record path (``record_paths``,
+    one per job) records its result there as it ends (``eval_records``). Returns the results and,
+    per job, what it held: ``{"gpu_ids", "resources", "warning"}``."""
     import ray
 
     share = float(cfg.ray.eval_gpus)
@@ -191,8 +193,9 @@ def evaluate_remote(jobs: list[dict], source, cfg: RunConfig) -> tuple[list, lis
     gpu = cfg.device != "cpu" and gpus >= share
     task = ray.remote(_evaluate_one).options(num_cpus=cfg.ray.eval_cpus, num_gpus=share if gpu else 0)
     train = source if isinstance(source, str) else ray.put(source)
-    futures = [task.remote(train, j["arch"], cfg, j["seed"],
-                           f"evaluation {j['arch']} run {j['run'] + 1}") for j in jobs]
+    paths = record_paths or [None] * len(jobs)
+    futures = [task.remote(train, j["arch"], cfg, j["seed"], f"evaluation {j['arch']} run {j['run'] + 1}", path)
+               for j, path in zip(jobs, paths, strict=True)]
     out = []
     for j, ref in zip(jobs, futures, strict=True):
         try:
@@ -204,10 +207,11 @@ def evaluate_remote(jobs: list[dict], source, cfg: RunConfig) -> tuple[list, lis
     return [r for r, _ in out], [p for _, p in out]
 
 
-def _evaluate_one(source, arch, cfg, seed, who):
+def _evaluate_one(source, arch, cfg, seed, who, record_path=None):
     import ray
 
     from m3d_condense.pipeline.data.dataset import load_split_here
+    from m3d_condense.pipeline.eval_records import write_record
     from m3d_condense.pipeline.evaluate import train_and_test
     from m3d_condense.pipeline.logs import log, setup_logging
     from m3d_condense.pipeline.synthetic import SyntheticSet
@@ -221,5 +225,7 @@ def _evaluate_one(source, arch, cfg, seed, who):
     test = load_split_here(cfg.data, "test")
     result = train_and_test(train.images, train.labels, test, arch, cfg, seed, pick_device(cfg.device),
                             factor=train.factor)
+    if record_path is not None:
+        write_record(record_path, result)
     return result, {"gpu_ids": ray_gpu_ids(), "warning": warning,
                     "resources": ray.get_runtime_context().get_assigned_resources()}
