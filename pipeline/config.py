@@ -243,8 +243,10 @@ class RunConfig:
 
     ipc: int = shaping(10)  # stored synthetic images per class
     factor: int = shaping(2)  # multi-formation l: each stored image holds l x l training images
-    # mix: a seeded random sample of ipc*l*l real images of each class, tiled (released)
-    # mix_first: the first ipc*l*l images in dataset order, tiled (our old default)
+    # mix_first: the first ipc*l*l images of each class in dataset order, tiled: the released
+    # code's init (its in-memory loader's class_sample returns a class's first images); the
+    # low-resolution presets (MNIST, Fashion-MNIST, SVHN, CIFAR-10/100) set it.
+    # mix: a seeded random sample of ipc*l*l real images of each class, tiled.
     init: Init = shaping(Init.mix)
     iterations: int = shaping(10000)
     ipm: int = shaping(5)  # iterations per random encoder
@@ -270,7 +272,13 @@ class RunConfig:
     workers: Optional[int] = operational(None)  # None: one per GPU of the Ray cluster (in-process without one)
     backend: Backend = operational(Backend.auto)  # auto: local (in-process) for one worker, else ray
     checkpoint_every: int = operational(500)  # iterations between checkpoints under OUT_DIR/RUN_NAME (0: end only)
-    reevaluate: bool = operational(False)  # rerun of a finished run: evaluate its synthetic set again
+    # Store the set every N iterations (0: never) as RUN_DIR/snapshots/it<t>, each loadable with
+    # SyntheticSet.load: what the released code's selection evaluates (it tests its set every 500
+    # iterations and keeps the best; pipeline/reproduce.py does the same from the snapshots).
+    snapshot_every: int = operational(0)
+    # Rerun of a finished run: evaluate its synthetic set again. Runs recorded earlier under the
+    # same eval settings (RUN_DIR/evals/) are read, not trained again; delete evals/ to retrain.
+    reevaluate: bool = operational(False)
 
     ray: RayConfig = operational(factory=RayConfig)
     encoder: EncoderConfig = shaping(factory=EncoderConfig)
@@ -288,7 +296,7 @@ class RunConfig:
         _at_least(self, "", 1, "ipc", "factor", "iterations", "ipm", "batch_real", "log_every", "workers")
         if self.lr is None:
             self.lr = float(self.ipc)
-        _at_least(self, "", 0, "checkpoint_every", "chunk_classes")
+        _at_least(self, "", 0, "checkpoint_every", "snapshot_every", "chunk_classes")
         _check_switch("compile", self.compile)
         _check_archs("encoder.arch", [self.encoder.arch])
         if self.eval.recipe == "imagenet" and self.data.channels not in (None, 3):

@@ -131,19 +131,26 @@ class ClassWorker:
                 "class_names": self.cache.class_names, "where": where(), "gpu_ids": ray_gpu_ids(),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "warnings": self.warnings}
 
-    def run_until(self, target: int, checkpoint: bool) -> dict:
-        """Step to iteration ``target``; write this slice's checkpoint there if ``checkpoint``.
-        Returns the iteration reached, the checkpoint's path (or None), the mean loss last
-        logged and the seconds spent."""
+    def run_until(self, target: int, checkpoint: bool, snapshot_url: str | None = None) -> dict:
+        """Step to iteration ``target``; write this slice's checkpoint there if ``checkpoint``,
+        and its slice of the set at ``snapshot_url`` if given (``snapshot_every``). Returns the
+        iteration reached, the checkpoint's path (or None), the snapshot slice's index entry (or
+        None), the mean loss last logged and the seconds spent."""
         start, written = time.perf_counter(), self.store.bytes_written
         history = condense(self.condenser, target, self.cfg.log_every, last=self.cfg.iterations)
         for t, losses in history:
             self.times.append(t)
             self.losses.append(torch.tensor(losses))
         rel = self.save() if checkpoint else None
-        return {"iteration": self.condenser.iteration, "checkpoint": rel, "seconds": time.perf_counter() - start,
-                "checkpoint_bytes": self.store.bytes_written - written,
+        snapshot = self.condensed().save_slice(snapshot_url, self.classes) if snapshot_url else None
+        return {"iteration": self.condenser.iteration, "checkpoint": rel, "snapshot": snapshot,
+                "seconds": time.perf_counter() - start, "checkpoint_bytes": self.store.bytes_written - written,
                 "loss": sum(history[-1][1]) / len(history[-1][1]) if history else None}
+
+    def condensed(self) -> SyntheticSet:
+        """This worker's classes of the set as it stands."""
+        return SyntheticSet(self.condenser.images.detach().cpu(), class_major_labels(self.classes, self.cfg.ipc),
+                            self.cfg.factor, self.cache.class_names)
 
     def save(self) -> str:
         return self.store.save_slice(self.condenser.iteration, self.classes, self.state())
@@ -171,9 +178,7 @@ class ClassWorker:
         """Store this worker's condensed images as its slice of the run's synthetic set; returns the
         slice's index entry and the loss history (the images stay here: no process gathers the
         whole set)."""
-        condensed = SyntheticSet(self.condenser.images.detach().cpu(), class_major_labels(self.classes, self.cfg.ipc),
-                                 self.cfg.factor, self.cache.class_names)
-        return {"slice": condensed.save_slice(self.run_url, self.classes), "class_names": self.cache.class_names,
+        return {"slice": self.condensed().save_slice(self.run_url, self.classes), "class_names": self.cache.class_names,
                 **self._history(), "restored_from": self.restored_from}
 
     def state(self) -> dict:
