@@ -10,7 +10,8 @@ store it; the driver writes only the index. ``SyntheticSet.load(run_dir)`` reads
 (or, with ``classes``, only the slices that hold those classes). Run directories written before
 the slices existed hold one ``synthetic.pt`` of the same fields, which ``load`` still reads.
 
-Images are stored as optimised: (N, C, H, W) float32 in [0, 1], each holding ``factor`` x
+Images are stored as optimised: (N, C, H, W) float32 in [0, 1] (a published set: uint8,
+round(x * 255), read back as x / 255), each holding ``factor`` x
 ``factor`` tiles (multi-formation; 1 for the selection baselines). The training set they stand
 for is ``decoded()``: N * factor^2 images. As a ``torch.utils.data.Dataset`` a SyntheticSet
 yields those decoded images, one (image (C, H, W) float32 in [0, 1], label) pair each.
@@ -26,6 +27,7 @@ import torch
 
 from m3d_condense.models import decode, decode_rows
 from m3d_condense.pipeline.data import storage
+from m3d_condense.pipeline.data.shards import unit_to_uint8
 from m3d_condense.pipeline.errors import RunError
 
 FORMAT = "m3d-synthetic/1"
@@ -112,18 +114,24 @@ class SyntheticSet(torch.utils.data.Dataset):
     @classmethod
     def _from_payload(cls, payload: dict[str, Any], url: str, class_names: list[str] | None = None) -> SyntheticSet:
         try:
-            return cls(payload["images"].float(), payload["labels"].long(), int(payload["factor"]),
+            images = payload["images"]
+            images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()  # a published set
+            return cls(images, payload["labels"].long(), int(payload["factor"]),
                        list(class_names if class_names is not None else payload["class_names"]))
         except (KeyError, TypeError, AttributeError) as e:
             raise SyntheticSetError(f"{url}: not a synthetic set slice (missing or malformed {e})") from None
 
-    def save_slice(self, run_dir: str, classes: list[int]) -> dict[str, Any]:
+    def save_slice(self, run_dir: str, classes: list[int], uint8: bool = False) -> dict[str, Any]:
         """Write this set (the rows of ``classes``, a contiguous range) as one slice of the run under
-        ``run_dir``; returns its index entry. Rewriting a slice replaces it whole."""
+        ``run_dir``; returns its index entry. Rewriting a slice replaces it whole. ``uint8`` stores
+        the pixels as round(x * 255), a quarter of the bytes (a published set); ``load`` reads
+        either."""
         classes = sorted(int(c) for c in classes)
         name = f"classes-{classes[0]:05d}-{classes[-1]:05d}.pt"
-        payload = {"images": self.images.detach().float().cpu().contiguous(), "labels": self.labels.cpu().long(),
-                   "classes": classes, "factor": int(self.factor)}
+        images = self.images.detach().float().cpu().contiguous()
+        if uint8:
+            images = torch.from_numpy(unit_to_uint8(images.numpy()))
+        payload = {"images": images, "labels": self.labels.cpu().long(), "classes": classes, "factor": int(self.factor)}
         buf = io.BytesIO()
         torch.save(payload, buf)
         storage.write_bytes_atomic(storage.join(run_dir, FOLDER, name), buf.getvalue())
@@ -145,10 +153,12 @@ class SyntheticSet(torch.utils.data.Dataset):
 
         return export(self, dest, format, **options)
 
-    def save(self, run_dir: str) -> None:
-        """Store the whole set under ``run_dir`` as one slice and its index."""
+    def save(self, run_dir: str, uint8: bool = False) -> None:
+        """Store the whole set under ``run_dir`` as one slice and its index (``uint8``: see
+        ``save_slice``)."""
         classes = list(range(len(self.class_names)))
-        write_index(run_dir, [self.save_slice(run_dir, classes)], self.factor, self.class_names, self.mean, self.std)
+        write_index(run_dir, [self.save_slice(run_dir, classes, uint8)], self.factor, self.class_names,
+                    self.mean, self.std)
 
 
 def write_index(run_dir: str, slices: list[dict[str, Any]], factor: int, class_names: list[str],
