@@ -45,7 +45,7 @@ _COMPILED: dict[str, Callable] = {}
 
 
 def compiled_call(method: str, compiled: bool) -> Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]:
-    """``f(net, x) -> net.<method>(x)``, through one shared ``torch.compile`` when ``compiled``."""
+    """``f(net, x) -> net.<method>(x)``, through one common ``torch.compile`` when ``compiled``."""
     if method not in _EAGER:
         _EAGER[method] = _call(method)
     if not compiled:
