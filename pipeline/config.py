@@ -9,7 +9,7 @@ the config is composed, naming the key.
 Adding a key: add a field here, with ``shaping(...)`` if it changes the synthetic set (it then
 enters the run fingerprint, so an old run directory is refused rather than silently resumed
 with a different meaning) or ``operational(...)`` if it does not, read it where it is used,
-and document it in the README.
+and document it in docs/configuration.md.
 """
 from __future__ import annotations
 
@@ -282,7 +282,7 @@ class RunConfig:
 
     ray: RayConfig = operational(factory=RayConfig)
     encoder: EncoderConfig = shaping(factory=EncoderConfig)
-    # Siamese DSA during matching: one draw per class per iteration, shared by its real and
+    # Siamese DSA during matching: one draw per class per iteration, the same for its real and
     # synthetic images. Default = the released "color_crop_cutout": colour, crop (integer
     # translation) always, cutout always; geometric [crop, scale, rotate, flip] is our old
     # "color_onegeom_cutout".

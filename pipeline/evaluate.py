@@ -1,4 +1,4 @@
-"""Evaluation protocol (SPEC.md, IDC's): train a fresh network on the synthetic set only,
+"""Evaluation protocol (docs/protocol.md; the released code's, from IDC): train a fresh network on the synthetic set only,
 test on the full real test set.
 
 SGD with momentum 0.9, step decay x0.2 at 2/3 and 5/6 of the epochs, and one of two
