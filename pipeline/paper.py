@@ -9,7 +9,8 @@ iterations, lr = IPC, real batch 128, factor 2, the released init, ConvNet-3 eva
   2. evaluate the final set ``runs`` times (each run recorded as it ends: ``eval_records``);
   3. evaluate every snapshot once (run 0's seed, recorded the same way). The released script
      does this during condensation and keeps the best set: its number is a selection on the
-     test set. The final set's run 0 stands for the last snapshot.
+     test set. The final set's run 0 stands for the last snapshot. ``select --follow`` does this
+     stage in a second process while the cell condenses (one core each).
 
 The cell's row holds both numbers, labelled: ours (the final set, last epoch, mean ± std of
 ``runs``) and the released-style selection (the best snapshot's best tested epoch). It is
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from m3d_condense.pipeline import outputs
+from m3d_condense.pipeline.checkpoint import RunStore, Status
 from m3d_condense.pipeline.cli import run
 from m3d_condense.pipeline.config import NAMED_METHODS, RunConfig, load_config
 from m3d_condense.pipeline.data import load_split, storage
@@ -40,7 +42,7 @@ from m3d_condense.pipeline.errors import RunError
 from m3d_condense.pipeline.eval_records import EvalRecords
 from m3d_condense.pipeline.logs import log
 from m3d_condense.pipeline.report import paper_accuracy
-from m3d_condense.pipeline.synthetic import SyntheticSet
+from m3d_condense.pipeline.synthetic import SyntheticSet, is_stored
 from m3d_condense.pipeline.worker import pick_device
 
 RELEASED_SELECT_EVERY = 500  # the released script tests its set every 500 iterations
@@ -92,27 +94,47 @@ def run_cell(cell: Cell, out: str, progress: bool = True) -> dict:
 
 
 def select_snapshot(cfg: RunConfig, run_url: str, every: int, summary: dict, progress: bool) -> dict:
-    """Stage 3: one evaluation run (run 0's seed) of every snapshot; the best by its best tested
-    epoch, as the released script keeps it. The final set's run 0 stands for the last one."""
+    """Stage 3: the best snapshot by its one run's best tested epoch, as the released script keeps
+    its best set. The final set's run 0 stands for the last snapshot."""
     final = summary["eval"]
-    scores = {cfg.iterations: final["best_epoch_runs"][0]}
-    seconds = 0.0
+    scores = {cfg.iterations: (final["best_epoch_runs"][0], 0.0)}
     if every > 0:
-        one_run = with_runs(cfg, 1)
-        device = pick_device(cfg.device)
-        test = None
+        scores.update(score_snapshots(cfg, run_url, every, progress))
+    best = max(scores, key=lambda t: (scores[t][0], t))
+    return {"iteration": best, "accuracy": scores[best][0], "snapshots": len(scores),
+            "seconds": sum(secs for _, secs in scores.values()),
+            "scores": {str(t): acc for t, (acc, _) in sorted(scores.items())}}
+
+
+def score_snapshots(cfg: RunConfig, run_url: str, every: int, progress: bool, follow: bool = False,
+                    poll_s: float = 60.0) -> dict[int, tuple[float, float]]:
+    """One evaluation run (run 0's seed, recorded in the snapshot's ``evals/``) of every snapshot
+    stored so far; with ``follow``, also of those stored later, until the run has condensed (a
+    second process can score a cell's snapshots while it condenses). Returns {iteration:
+    (best tested epoch's accuracy, seconds)}."""
+    one_run, device, arch = with_runs(cfg, 1), pick_device(cfg.device), cfg.eval.archs[0]
+    scores: dict[int, tuple[float, float]] = {}
+    test = None
+    while True:
+        condensed = has_condensed(run_url)  # read first: a pass after it saw condensed finds every snapshot
         for t in range(every, cfg.iterations, every):
             url = snapshot_url(run_url, t)
+            if t in scores or not is_stored(url):
+                continue
             records = EvalRecords(url, one_run)
-            if records.read(cfg.eval.archs[0], 0) is None and test is None:
+            if test is None and records.read(arch, 0) is None:
                 test = load_split(cfg.data, "test")
             evals, _ = evaluate_set(one_run, url, "local", device, progress, test=test, records=records)
-            scores[t] = evals[0]["best_epoch_runs"][0]
-            seconds += evals[0]["seconds"][0]
-            log.info(f"snapshot of iteration {t}: {100 * scores[t]:.2f}% (best tested epoch, one run)")
-    best = max(scores, key=lambda t: (scores[t], t))
-    return {"iteration": best, "accuracy": scores[best], "snapshots": len(scores), "seconds": seconds,
-            "scores": {str(t): a for t, a in sorted(scores.items())}}
+            scores[t] = (evals[0]["best_epoch_runs"][0], evals[0]["seconds"][0])
+            log.info(f"snapshot of iteration {t}: {100 * scores[t][0]:.2f}% (best tested epoch, one run)")
+        if condensed or not follow:
+            return scores
+        time.sleep(poll_s)
+
+
+def has_condensed(run_url: str) -> bool:
+    state = RunStore(run_url).read()
+    return state is not None and state.status in (Status.condensed, Status.finished)
 
 
 def with_runs(cfg: RunConfig, runs: int) -> RunConfig:

@@ -2,6 +2,7 @@
 runs recorded one by one, snapshots for the released selection, a cell that resumes from any
 stage, its row and table, and the published uint8 set. On the built-in digits, tiny settings."""
 import json
+import threading
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from m3d_condense.pipeline import driver
 from m3d_condense.pipeline.config import NAMED_METHODS, compose_config, load_config, to_run_config
 from m3d_condense.pipeline.driver import run_pipeline, snapshot_url
 from m3d_condense.pipeline.eval_records import EvalRecords
-from m3d_condense.pipeline.paper import Cell, cell_row, read_rows, run_cell, table_markdown
+from m3d_condense.pipeline.paper import Cell, cell_row, read_rows, run_cell, score_snapshots, table_markdown, with_runs
 from m3d_condense.pipeline.reproduce import main as reproduce
 from m3d_condense.pipeline.synthetic import SyntheticSet
 
@@ -130,3 +131,17 @@ def test_a_row_carries_the_papers_number_for_its_dataset_ipc_and_method():
 @pytest.mark.parametrize("preset", ["mnist", "fashion_mnist", "svhn", "cifar10", "cifar100"])
 def test_low_resolution_presets_start_from_the_released_init(preset):
     assert compose_config(preset).init == "mix_first"
+
+
+def test_a_second_process_can_score_the_snapshots_while_the_cell_condenses(tmp_path):
+    cfg = cell().config(str(tmp_path))
+    run_url = str(tmp_path / "runs" / cfg.run_name)
+    follower = {}
+    thread = threading.Thread(target=lambda: follower.update(score_snapshots(cfg, run_url, 2, False, follow=True,
+                                                                             poll_s=0.2)))
+    thread.start()  # before the run exists: it waits for snapshots until the run has condensed
+    run_pipeline(with_runs(cfg, 0), progress=False)
+    thread.join(timeout=600)
+    assert sorted(follower) == [2, 4]
+    again = score_snapshots(cfg, run_url, 2, False)  # read back from the records, nothing trained
+    assert {t: acc for t, (acc, _) in again.items()} == {t: acc for t, (acc, _) in follower.items()}
