@@ -119,11 +119,13 @@ def score_snapshots(cfg: RunConfig, run_url: str, every: int, progress: bool, fo
         condensed = has_condensed(run_url)  # read first: a pass after it saw condensed finds every snapshot
         for t in range(every, cfg.iterations, every):
             url = snapshot_url(run_url, t)
+            records = EvalRecords(url, one_run)
+            recorded = None if t in scores else records.read(arch, 0)
+            if recorded is not None:  # a scored snapshot may keep only its record
+                scores[t] = (recorded.best_accuracy, recorded.seconds)
             if t in scores or not is_stored(url):
                 continue
-            records = EvalRecords(url, one_run)
-            if test is None and records.read(arch, 0) is None:
-                test = load_split(cfg.data, "test")
+            test = test if test is not None else load_split(cfg.data, "test")
             evals, _ = evaluate_set(one_run, url, "local", device, progress, test=test, records=records)
             scores[t] = (evals[0]["best_epoch_runs"][0], evals[0]["seconds"][0])
             log.info(f"snapshot of iteration {t}: {100 * scores[t][0]:.2f}% (best tested epoch, one run)")

@@ -2,10 +2,15 @@
 runs recorded one by one, snapshots for the released selection, a cell that resumes from any
 stage, its row and table, and the published uint8 set. On the built-in digits, tiny settings."""
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 
 import pytest
 import torch
+from conftest import REPO
 
 from m3d_condense.pipeline import driver
 from m3d_condense.pipeline.config import NAMED_METHODS, compose_config, load_config, to_run_config
@@ -143,5 +148,25 @@ def test_a_second_process_can_score_the_snapshots_while_the_cell_condenses(tmp_p
     run_pipeline(with_runs(cfg, 0), progress=False)
     thread.join(timeout=600)
     assert sorted(follower) == [2, 4]
+    shutil.rmtree(tmp_path / "runs" / cfg.run_name / "snapshots" / "it0000002" / "synthetic")
     again = score_snapshots(cfg, run_url, 2, False)  # read back from the records, nothing trained
     assert {t: acc for t, (acc, _) in again.items()} == {t: acc for t, (acc, _) in follower.items()}
+
+
+def test_a_cell_saved_with_paper_state_continues_on_another_disk_with_the_same_row(tmp_path, monkeypatch):
+    fresh = run_cell(cell(), str(tmp_path / "fresh"), progress=False)
+    first, second, kept = tmp_path / "first", tmp_path / "second", tmp_path / "kept"
+    count_trainings(monkeypatch, kill_at=4)  # stopped while scoring the snapshot of iteration 4
+    with pytest.raises(Killed):
+        run_cell(cell(), str(first), progress=False)
+    env = {**os.environ, "PAPER_STATE_DIR": str(kept)}
+    state = [sys.executable, "-m", "benchmarks.paper_state"]
+    subprocess.run([*state, "save", str(first)], check=True, env=env, capture_output=True, cwd=REPO)
+    saved = kept / "state" / "digits_m3d_ipc1"
+    assert (saved / "run.json").exists() and not (saved / "snapshots" / "it0000002" / "synthetic").exists()
+    assert (saved / "snapshots" / "it0000004" / "synthetic" / "index.json").exists()  # not scored yet: kept
+    subprocess.run([*state, "restore", str(second)], check=True, env=env, capture_output=True, cwd=REPO)
+    calls = count_trainings(monkeypatch)
+    row = run_cell(cell(), str(second), progress=False)
+    assert len(calls) == 1 and row["snapshot_scores"] == fresh["snapshot_scores"]
+    assert (row["accuracy_runs"], row["selected_accuracy"]) == (fresh["accuracy_runs"], fresh["selected_accuracy"])
