@@ -2,8 +2,8 @@
 with the local provider (cluster/local.yaml), over SSH to an sshd on 127.0.0.1.
 
 INTRUSIVE: it starts an sshd if none runs, appends a key to /root/.ssh/authorized_keys (removed
-again afterwards) and ends with `ray down`, which stops EVERY Ray process on the machine. CI runs
-it; on a machine you use, deselect it: `python -m pytest -m "not intrusive"`."""
+again afterwards) and ends with `ray down`, which stops EVERY Ray process on the machine. It is
+skipped unless M3D_INTRUSIVE_TESTS=1 (tests/conftest.py); CI (.ci/run) sets it."""
 import os
 import shutil
 import signal
