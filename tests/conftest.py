@@ -146,11 +146,24 @@ def stop_processes_mentioning(marker: str, grace_s: float = 10.0) -> None:
             time.sleep(0.2)
 
 
+INTRUSIVE_VARIABLE = "M3D_INTRUSIVE_TESTS"
+
+
+def intrusive_tests_asked() -> bool:
+    return os.environ.get(INTRUSIVE_VARIABLE, "").strip().lower() in ("1", "true", "yes")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``runs_last`` go to the end: `ray down` stops every Ray process on the machine.
-    Tests marked ``cuda`` are skipped where torch sees no CUDA device."""
+    Tests marked ``cuda`` are skipped where torch sees no CUDA device. Tests marked ``intrusive``
+    (they change the machine outside their temporary folders) run only when asked for with
+    M3D_INTRUSIVE_TESTS=1, as .ci/run does."""
     items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
-    if not torch.cuda.is_available():
-        for item in items:
-            if item.get_closest_marker("cuda") is not None:
-                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+    skips = {"intrusive": None if intrusive_tests_asked() else
+             f"intrusive: changes the machine outside temporary folders; set {INTRUSIVE_VARIABLE}=1 to run it",
+             "cuda": None if torch.cuda.is_available() else "needs a CUDA GPU"}
+    for item in items:
+        for marker, reason in skips.items():
+            if reason and item.get_closest_marker(marker) is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
+                break

@@ -31,23 +31,34 @@ def write_idx(folder: Path, prefix: str, data: LabeledImages, gz: bool) -> None:
             path.write_bytes(body)
 
 
-def _pickle(path: Path, obj: dict) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
+def _pickle(path: Path, obj: dict, protocol: int = 2, numpy1_names: bool = False) -> None:
+    """``numpy1_names``: name numpy's array rebuilder as numpy 1 (and the official files) do,
+    ``numpy.core.multiarray``, whichever numpy writes it (protocol 2's text GLOBAL opcodes only)."""
+    data = pickle.dumps(obj, protocol=protocol)
+    if numpy1_names:
+        assert protocol == 2
+        data = data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+        assert b"_reconstruct" not in data or b"cnumpy.core.multiarray\n_reconstruct\n" in data
+    path.write_bytes(data)
 
 
 def _cifar_rows(data: LabeledImages) -> np.ndarray:
     return data.images.numpy().reshape(len(data.images), -1)  # (N, 3*32*32), channel planes, as released
 
 
-def write_cifar10(folder: Path, train: LabeledImages, test: LabeledImages) -> Path:
+def write_cifar10(folder: Path, train: LabeledImages, test: LabeledImages, **pickle_options) -> Path:
+    """As the official files: every key the released batches hold (batch_label, labels, data,
+    filenames; batches.meta's num_cases_per_batch, label_names, num_vis)."""
     d = folder / "cifar-10-batches-py"
     d.mkdir(parents=True)
     half = len(train.labels) // 2
-    for i, sl in enumerate((slice(0, half), slice(half, None)), start=1):
-        _pickle(d / f"data_batch_{i}", {b"data": _cifar_rows(train)[sl], b"labels": train.labels[sl].tolist()})
-    _pickle(d / "test_batch", {b"data": _cifar_rows(test), b"labels": test.labels.tolist()})
-    _pickle(d / "batches.meta", {b"label_names": [n.encode() for n in train.class_names]})
+    batches = [(f"data_batch_{i}", train, sl) for i, sl in enumerate((slice(0, half), slice(half, None)), start=1)]
+    for name, data, sl in [*batches, ("test_batch", test, slice(None))]:
+        labels = data.labels[sl].tolist()
+        _pickle(d / name, {b"batch_label": f"{name} of 2".encode(), b"labels": labels, b"data": _cifar_rows(data)[sl],
+                           b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))]}, **pickle_options)
+    _pickle(d / "batches.meta", {b"num_cases_per_batch": half, b"label_names": [n.encode() for n in train.class_names],
+                                 b"num_vis": 3072}, **pickle_options)
     return d
 
 

@@ -258,4 +258,5 @@ def test_tqdm_disable_turns_the_progress_bars_off_and_they_show_without_it(tmp_p
             monkeypatch.delenv("TQDM_DISABLE", raising=False)
         assert main([*args, f"run_name=bars{shown}"]) == 0
         err = capsys.readouterr().err
-        assert ("condense (1 workers)" in err) == shown and ("ep/s" in err) == shown, err[-2000:]  # condense, eval
+        assert ("condense (1 workers)" in err) == shown and ("eval convnet3:" in err) == shown, err[-2000:]
+        assert "\r" not in err  # stderr is no terminal here: plain progress lines, not a tqdm bar's refreshes

@@ -3,13 +3,16 @@ looks complete."""
 import dataclasses
 import hashlib
 import io
+import os
+import pickle
+import re
 import tarfile
 
 import numpy as np
 import pytest
 from conftest import synthetic_classes, write_npz
 from PIL import Image
-from source_files import write_image_folder
+from source_files import write_cifar10, write_image_folder
 
 from m3d_condense.pipeline.data import ClassShardReader, ManifestError, ShardError, StorageError, read_manifest
 from m3d_condense.pipeline.data.shards import Sample, build_shard, encode_image
@@ -182,6 +185,36 @@ def test_failed_rerun_over_a_prepared_dataset_leaves_no_stale_manifest(tmp_path)
     with pytest.raises(SourceError):
         _prepare(tmp_path / "src", tmp_path / "out")  # class 0's shard changed, class 1 fails
     assert not (tmp_path / "out" / "manifest.parquet").exists()
+
+
+class _RunsCode:
+    """Pickles as a call of ``function(argument)``, as a crafted file would."""
+
+    def __init__(self, function, argument):
+        self.function, self.argument = function, argument
+
+    def __reduce__(self):
+        return self.function, (self.argument,)
+
+
+@pytest.mark.parametrize("payload, forbidden", [(lambda marker: _RunsCode(os.system, f"touch {marker}"), f"{os.name}.system"),
+                                                (lambda marker: _RunsCode(eval, f"open({str(marker)!r}, 'w')"),
+                                                 "builtins.eval")], ids=["os.system", "eval"])
+@pytest.mark.parametrize("file", ["data_batch_1", "batches.meta"])
+def test_cifar_pickle_that_would_run_code_is_refused_naming_file_and_global_and_nothing_runs(tmp_path, payload,
+                                                                                            forbidden, file):
+    d = write_cifar10(tmp_path / "src", *(synthetic_classes(num_classes=10, per_class=2, size=32, channels=3),) * 2)
+    marker = tmp_path / "payload-ran"
+    crafted = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1], b"label_names": [b"x"] * 10,
+               b"batch_label": payload(marker)}
+    (d / file).write_bytes(pickle.dumps(crafted, protocol=4))
+    assert not marker.exists()
+    with pytest.raises(SourceError, match=rf"{re.escape(str(d / file))}: refused to unpickle the global "
+                                          rf"{re.escape(forbidden)}: a CIFAR python pickle holds only"):
+        _prepare(tmp_path / "src", tmp_path / "out")
+    assert not marker.exists() and not (tmp_path / "out" / "manifest.parquet").exists()
+    pickle.loads((d / file).read_bytes())  # the same file through pickle.load runs its payload: the test can fail
+    assert marker.exists()
 
 
 def test_images_of_different_sizes_without_size_option_name_the_file(tmp_path):

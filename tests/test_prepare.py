@@ -82,6 +82,21 @@ def test_cifar10_and_cifar100_pickles_read_as_the_official_tarballs_unpack(tmp_p
     _assert_round_trip(tmp_path / "out100", "test", test)
 
 
+@pytest.mark.parametrize("options", [dict(protocol=2, numpy1_names=True), dict(protocol=4), dict(protocol=5)],
+                         ids=["official-numpy1-names", "protocol4", "protocol5"])
+def test_cifar_pickles_load_through_the_restricted_unpickler_whatever_protocol_wrote_them(tmp_path, options):
+    """Only data globals are allowed (see test_data_errors): the official files' (numpy 1's
+    module names) and a re-pickle's by today's numpy, at each protocol that rebuilds arrays
+    differently, all still read."""
+    train = synthetic_classes(num_classes=10, per_class=2, size=32, channels=3)
+    test = synthetic_classes(num_classes=10, per_class=1, size=32, channels=3, seed=2)
+    write_cifar10(tmp_path / "c10", train, test, **options)
+    m = _prepare(tmp_path / "c10", tmp_path / "out")
+    assert m.extra["num_samples"] == {"train": 20, "test": 10} and m.class_names == train.class_names
+    _assert_round_trip(tmp_path / "out", "train", train)
+    _assert_round_trip(tmp_path / "out", "test", test)
+
+
 def test_svhn_mat_files_map_label_10_to_digit_0(tmp_path):
     train = synthetic_classes(num_classes=10, per_class=3, size=32, channels=3)
     train.class_names[:] = [str(i) for i in range(10)]

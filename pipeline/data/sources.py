@@ -99,10 +99,61 @@ def _idx(folder: Path) -> Source | None:
 
 
 # ----------------------------------------------------------------------------- CIFAR
+def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as Python 3 pickles bytes at protocol 2 (``encode(text, 'latin1')``),
+    and nothing else."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}: only 'latin1' builds bytes")
+    return text.encode("latin1", errors)
+
+
+def _cifar_globals() -> dict[tuple[str, str], object]:
+    """The only globals a CIFAR python pickle may name: what a numpy array and its dtype are
+    rebuilt from (under numpy 1's module names, as the official files were written, and numpy
+    2's, as a re-pickle writes them; protocol 5 rebuilds arrays with ``_frombuffer``), and the
+    constructors Python 3 pickles bytes with at protocol 2. Dicts, lists, ints and bytes need no
+    other."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import _reconstruct
+        from numpy.core.numeric import _frombuffer
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode,
+               ("__builtin__", "bytes"): bytes, ("builtins", "bytes"): bytes}  # b"" at protocol 2: bytes()
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = _reconstruct
+        allowed[(f"{package}.numeric", "_frombuffer")] = _frombuffer
+    return allowed
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
+        self.qualified = f"{module}.{name}"
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only data: any global outside ``_cifar_globals`` (``os.system``, ``builtins.eval``,
+    any class) is refused before it is looked up, so a crafted file cannot run code."""
+
+    allowed = _cifar_globals()
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self.allowed[(module, name)]
+        except KeyError:
+            raise _ForbiddenGlobal(module, name) from None
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            return _CifarUnpickler(f, encoding="bytes").load()
+    except _ForbiddenGlobal as e:
+        raise SourceError(f"{path}: refused to unpickle the global {e.qualified}: a CIFAR python pickle holds only "
+                          "dicts, lists, ints, bytes and numpy arrays, so this file is not one (it may be crafted "
+                          "to run code when loaded)") from None
     except Exception as e:  # noqa: BLE001 - a damaged pickle raises many types
         raise SourceError(f"{path}: not a CIFAR python pickle ({type(e).__name__}: {e})") from None
 
