@@ -3,8 +3,8 @@ evaluator, ``LabelRobustScoreHard``, built on a tiny Tiny-ImageNet-shaped ImageF
 one 64x64 image each, so nothing is downloaded) and given our images.pt and labels.pt, then our
 PNG folder, trains its MLP on them for one epoch and tests it.
 
-ddranking is not a dependency, nor an extra: it pins numpy<2, which the project's pyarrow (>= 21
-needs numpy 2) and the rest of its environment do not share, and its torchvision pulls another torch.
+ddranking is not a dependency, nor an extra: it pins numpy<2, which recent pyarrow releases (the
+project's 26 here) refuse, and its torchvision pulls another torch.
 The test skips without it; to run it, use an environment of its own, from the repository root:
 ``python -m venv /tmp/ddr && /tmp/ddr/bin/pip install ddranking pytest "pyarrow<21" && /tmp/ddr/bin/pip
 install --no-deps -e . && /tmp/ddr/bin/python -m pytest -q tests/test_ddranking.py`` (about 30 s)."""
