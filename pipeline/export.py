@@ -346,6 +346,8 @@ def write_dcbench(syn: SyntheticSet, dest: str, dataset: str, method: str = "M3D
     Written at ``dcbench_url`` (``ipc``: the IPC the path names, by default the stored one)."""
     name, mean, std = benchmark_dataset(syn, "DC-Bench", DCBENCH_DATASETS, dataset, mean, std)
     per_class = stored_ipc(syn)
+    if ipc is not None and int(ipc) < 1:
+        raise ExportError(f"ipc {ipc} cannot name a DC-Bench folder (IPC<ipc>): it must be >= 1")
     url = dcbench_url(syn, dest, name, method, ipc)
     images, labels = normalised_decoded(syn, mean, std)
     meta = {"dataset": name, "method": _method_name(method), "ipc": per_class, "factor": int(syn.factor),

@@ -246,6 +246,8 @@ def test_dcbench_normalises_with_the_benchmarks_statistics_and_refuses_a_set_tha
     uneven = SyntheticSet(uneven.images[1:], uneven.labels[1:], FACTOR, uneven.class_names)
     with pytest.raises(ExportError, match="the classes hold 1 to 2 stored images"):
         export(uneven, str(tmp_path / "x"), "dcbench", dataset="CIFAR10")
+    with pytest.raises(ExportError, match="ipc 0 cannot name a DC-Bench folder"):
+        export(_cifar_like(), str(tmp_path / "x"), "dcbench", dataset="CIFAR10", ipc=0)
     assert not (tmp_path / "x").exists()
 
 
