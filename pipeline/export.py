@@ -15,18 +15,35 @@ path or any fsspec URL (s3://, gs://, ...).
                ``datasets`` features (Image, ClassLabel with the class names) in the schema metadata:
                ``datasets.load_dataset("parquet", data_files=...)`` yields PIL images and named labels.
 
-Pixels are lossless: every format holds PNGs of ``to_uint8`` of the decoded images; grayscale
-sets (C=1) as mode "L" PNGs, RGB sets as "RGB".
+  dcbench      the .pt file DC-Bench's DC/DSA/DM loader reads: DEST/<METHOD>/<dataset>/IPC<ipc>/
+               res_<METHOD>_<dataset>_<ConvNet|ConvNetD4>_<ipc>ipc.pt (DEST: its distilled_results folder;
+               or DEST itself when it ends in .pt), a dict whose "data" list ends with [images, labels]:
+               float32 (N, C, H, W) normalised with DC-Bench's mean/std of the dataset, int64 (N,),
+               class-major. ``--dataset`` names DC-Bench's dataset (CIFAR10, CIFAR100, tinyimagenet).
+  ddranking    DD-Ranking's input: DEST/images.pt (float32 (N, C, H, W), class-major, normalised with
+               DD-Ranking's mean/std of ``--dataset``: CIFAR10, CIFAR100, TinyImageNet, ImageNet1K, ...),
+               DEST/labels.pt (int64 hard labels) and DEST/ddranking.json; with ``--folder``, the images as
+               PNGs in DEST/images/<label:05d>/ instead (its ``image_path``; normalise in custom_train_trans).
+
+Pixels: the image formats hold lossless PNGs of ``to_uint8`` of the decoded images (grayscale sets
+(C=1) as mode "L" PNGs, RGB sets as "RGB"); the benchmark tensors (dcbench, ddranking) hold the
+decoded float images themselves, clamped to [0, 1] and normalised, not quantised. Their IPC: the
+file names and ddranking.json give the stored images per class; each decodes to factor^2 training
+images, all of which the files hold (docs/benchmarks.md says which IPC to pass each benchmark).
 
   python pipeline/export.py runs/cifar10_m3d_gaussian_ipc10_s0 exports/c10 --format imagefolder
   python pipeline/export.py s3://bucket/runs/in100 s3://bucket/in100-syn --format webdataset --test s3://bucket/in100
+  python pipeline/export.py runs/cifar10_m3d_gaussian_ipc10_s0 dc_benchmark/distilled_results --format dcbench --dataset CIFAR10
+  python pipeline/export.py runs/cifar10_m3d_gaussian_ipc10_s0 exports/c10-ddr --format ddranking --dataset CIFAR10
 """
 from __future__ import annotations
 
 import argparse
 import inspect
+import io
 import json
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
 
 import numpy as np
@@ -44,7 +61,7 @@ from m3d_condense.pipeline.errors import RunError
 if TYPE_CHECKING:
     from m3d_condense.pipeline.synthetic import SyntheticSet
 
-FORMATS = ("imagefolder", "webdataset", "parquet")
+FORMATS = ("imagefolder", "webdataset", "parquet", "dcbench", "ddranking")
 CLASS_LIST = "classes.txt"  # imagefolder: the class names in label order, for prepare --classes
 PARQUET_FILE = "train.parquet"
 DECODED_PER_CHUNK = 1024  # decoded images converted at a time: bounds memory (and parquet row groups, ~100 MB at 224 px)
@@ -99,6 +116,18 @@ def check_folder_names(class_names: list[str]) -> None:
         raise ExportError(f"class names {twice[:5]} occur twice: their images would share one folder")
 
 
+def write_png_tree(syn: SyntheticSet, root: str, folders: list[str]) -> None:
+    """``root/<folders[label]>/<i:05d>.png`` for every decoded image (i counts within its class, in
+    ``decoded()`` order). The caller has refused a ``root`` that exists."""
+    counts = [0] * len(folders)
+    for pixels, labels in decoded_uint8(syn):
+        files = {}
+        for image, label in zip(pixels, labels, strict=True):
+            files[storage.join(root, folders[label], f"{counts[label]:05d}.png")] = encode_image(image, "png")
+            counts[label] += 1
+        storage.write_files_atomic(files)  # a chunk at a time: concurrent PUTs on an object store
+
+
 def write_imagefolder(syn: SyntheticSet, dest: str) -> str:
     """``DEST/train/<class name>/<i:05d>.png`` for every decoded image (i counts within its class, in
     ``decoded()`` order), then ``DEST/classes.txt``. Refuses a DEST whose train/ exists: images left
@@ -108,13 +137,7 @@ def write_imagefolder(syn: SyntheticSet, dest: str) -> str:
     if storage.exists(train):
         raise ExportError(f"{train} already exists; remove it or choose another destination")
     storage.check_writable(dest)
-    counts = [0] * len(syn.class_names)
-    for pixels, labels in decoded_uint8(syn):
-        files = {}
-        for image, label in zip(pixels, labels, strict=True):
-            files[storage.join(train, syn.class_names[label], f"{counts[label]:05d}.png")] = encode_image(image, "png")
-            counts[label] += 1
-        storage.write_files_atomic(files)  # a chunk at a time: concurrent PUTs on an object store
+    write_png_tree(syn, train, syn.class_names)
     names = "".join(f"{n}\n" for n in syn.class_names)
     storage.write_bytes_atomic(storage.join(dest, CLASS_LIST), names.encode())  # last: the export is complete
     return dest
@@ -200,22 +223,193 @@ def write_parquet(syn: SyntheticSet, dest: str) -> str:
     return dest
 
 
+# ----------------------------------------------------------------------------- benchmarks: dcbench, ddranking
+@dataclass(frozen=True)
+class BenchmarkDataset:
+    """A dataset as a benchmark's own loader defines it: classes, channels, the size of its test
+    images (None: it resizes them to the size it is given), and the per-channel mean and std it
+    normalises its real images with, which the synthetic tensor it trains on must share."""
+
+    classes: int
+    channels: int
+    size: tuple[int, int] | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# DC-Bench (justincui03/dc_benchmark, evaluator/evaluator_utils.py get_dataset; its --normalize_data
+# is always on): the test set is ToTensor + Normalize(mean, std), and the names are its --dataset values.
+DCBENCH_DATASETS = {
+    "CIFAR10": BenchmarkDataset(10, 3, (32, 32), CIFAR10_MEAN, CIFAR10_STD),
+    "CIFAR100": BenchmarkDataset(100, 3, (32, 32), (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "tinyimagenet": BenchmarkDataset(200, 3, (64, 64), IMAGENET_MEAN, IMAGENET_STD),
+}
+# DD-Ranking (ddranking 0.2.0, ddranking/utils/data.py get_dataset, use_zca off): CIFAR-100 takes
+# CIFAR-10's statistics there; the ImageNet sets are resized to the evaluator's im_size.
+DDRANKING_DATASETS = {
+    "CIFAR10": BenchmarkDataset(10, 3, (32, 32), CIFAR10_MEAN, CIFAR10_STD),
+    "CIFAR100": BenchmarkDataset(100, 3, (32, 32), CIFAR10_MEAN, CIFAR10_STD),
+    "TinyImageNet": BenchmarkDataset(200, 3, (64, 64), IMAGENET_MEAN, IMAGENET_STD),
+    "ImageNet1K": BenchmarkDataset(1000, 3, None, IMAGENET_MEAN, IMAGENET_STD),
+    **{name: BenchmarkDataset(10, 3, None, IMAGENET_MEAN, IMAGENET_STD)
+       for name in ("ImageNette", "ImageWoof", "ImageMeow", "ImageSquawk", "ImageFruit", "ImageYellow")},
+}
+DDRANKING_IMAGES, DDRANKING_LABELS, DDRANKING_META = "images.pt", "labels.pt", "ddranking.json"
+DDRANKING_FOLDER = "images"
+
+
+def stored_ipc(syn: SyntheticSet) -> int:
+    """Stored images per class, which must be one number: the IPC the benchmarks name a set by."""
+    counts = torch.bincount(syn.labels, minlength=len(syn.class_names))
+    if len(counts) == 0 or int(counts.min()) != int(counts.max()) or int(counts.min()) == 0:
+        raise ExportError(f"the classes hold {int(counts.min())} to {int(counts.max())} stored images; a benchmark "
+                          "set has one IPC for every class")
+    return int(counts[0])
+
+
+def benchmark_dataset(syn: SyntheticSet, benchmark: str, known: dict[str, BenchmarkDataset], dataset: str,
+                      mean: list[float] | None, std: list[float] | None) -> tuple[str, list[float], list[float]]:
+    """The benchmark's spelling of ``dataset`` and the mean and std to normalise with: the
+    benchmark's own for a dataset it knows (matched case-insensitively; the set must have its
+    classes, channels and size), else ``mean``/``std``, else the set's (its real data's)."""
+    channels, h, w = syn.images.shape[1:]
+    name = {k.lower(): k for k in known}.get(str(dataset).lower())
+    if name is not None:
+        spec = known[name]
+        wrong = [f"{what} {want} (this set: {have})" for what, want, have in
+                 (("classes", spec.classes, len(syn.class_names)), ("channels", spec.channels, channels),
+                  ("image size", spec.size, (h, w))) if want is not None and want != have]
+        if wrong:
+            raise ExportError(f"{benchmark}'s {name} has " + ", ".join(wrong))
+        mean, std = spec.mean if mean is None else mean, spec.std if std is None else std
+    else:
+        if not dataset or any(ch in str(dataset) for ch in UNSAFE_CHARS):
+            raise ExportError(f"dataset {dataset!r} cannot name a {benchmark} dataset")
+        name, mean, std = str(dataset), syn.mean if mean is None else mean, syn.std if std is None else std
+        if mean is None or std is None:
+            raise ExportError(f"{benchmark} does not know the dataset {name!r} (it knows {', '.join(known)}), and "
+                              "this set carries no mean and std: pass mean and std (per channel, pixels in [0, 1])")
+    mean, std = [float(v) for v in mean], [float(v) for v in std]
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise ExportError(f"mean {mean} and std {std} must have one value per channel ({channels}), std > 0")
+    return name, mean, std
+
+
+def normalised_decoded(syn: SyntheticSet, mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoded set class-major (every image of class 0, then class 1, ...; ``decoded()`` order
+    within a class) as float32 (M, C, H, W) ``(clamp(x, 0, 1) - mean) / std`` and int64 (M,) labels."""
+    order = torch.argsort(syn.labels, stable=True)
+    images = decode(syn.images[order].detach().float().cpu(), syn.factor).clamp(0, 1)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((images - m) / s).contiguous(), syn.labels[order].cpu().long().repeat_interleave(syn.tiles)
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def dcbench_file(dataset: str, method: str, ipc: int) -> str:
+    """Where DC-Bench's DC/DSA/DM loaders look, under its distilled_results folder:
+    ``<METHOD>/<dataset>/IPC<ipc>/res_<METHOD>_<dataset>_<model>_<ipc>ipc.pt``, the model ConvNetD4
+    for tinyimagenet and ConvNet otherwise (its ``get_data_file_name``)."""
+    model = "ConvNetD4" if dataset == "tinyimagenet" else "ConvNet"
+    return f"{method}/{dataset}/IPC{ipc}/res_{method}_{dataset}_{model}_{ipc}ipc.pt"
+
+
+def dcbench_url(syn: SyntheticSet, dest: str, dataset: str, method: str = "M3D", ipc: int | None = None) -> str:
+    """The file ``write_dcbench`` writes: ``dest`` itself when it ends in .pt, else ``dcbench_file``
+    under ``dest`` (the dataset spelled as DC-Bench spells it, ``ipc`` by default the stored IPC)."""
+    if str(dest).endswith(".pt"):
+        return str(dest)
+    name = {k.lower(): k for k in DCBENCH_DATASETS}.get(str(dataset).lower(), str(dataset))
+    return storage.join(dest, dcbench_file(name, _method_name(method), stored_ipc(syn) if ipc is None else int(ipc)))
+
+
+def _method_name(method: str) -> str:
+    method = str(method).upper()
+    if not method or any(ch in method for ch in UNSAFE_CHARS):
+        raise ExportError(f"method {method!r} cannot name a DC-Bench folder")
+    return method
+
+
+def write_dcbench(syn: SyntheticSet, dest: str, dataset: str, method: str = "M3D", ipc: int | None = None,
+                  mean: list[float] | None = None, std: list[float] | None = None) -> str:
+    """The file DC-Bench's DC/DSA/DM loader (``torch.load(path)["data"][-1]``) reads: a dict whose
+    "data" is ``[[images, labels]]``, images the decoded set class-major as float32 (N, C, H, W)
+    normalised with DC-Bench's mean and std of ``dataset``, labels int64 (N,), the layout DC/DM's
+    own ``res_*.pt`` files have; "m3d" records the factor, both IPC counts and the normalisation.
+    Written at ``dcbench_url`` (``ipc``: the IPC the path names, by default the stored one)."""
+    name, mean, std = benchmark_dataset(syn, "DC-Bench", DCBENCH_DATASETS, dataset, mean, std)
+    per_class = stored_ipc(syn)
+    if ipc is not None and int(ipc) < 1:
+        raise ExportError(f"ipc {ipc} cannot name a DC-Bench folder (IPC<ipc>): it must be >= 1")
+    url = dcbench_url(syn, dest, name, method, ipc)
+    images, labels = normalised_decoded(syn, mean, std)
+    meta = {"dataset": name, "method": _method_name(method), "ipc": per_class, "factor": int(syn.factor),
+            "images_per_class": per_class * syn.tiles, "class_names": list(syn.class_names),
+            "mean": mean, "std": std}
+    storage.write_bytes_atomic(url, _torch_bytes({"data": [[images, labels]], "m3d": meta}))
+    return dest
+
+
+def write_ddranking(syn: SyntheticSet, dest: str, dataset: str, mean: list[float] | None = None,
+                    std: list[float] | None = None, folder: bool = False) -> str:
+    """DD-Ranking's input under ``dest``: ``images.pt``, the decoded set class-major as float32
+    (N, C, H, W) normalised with DD-Ranking's mean and std of ``dataset`` (its ``image_tensor``, which
+    it trains on as is), and ``labels.pt``, int64 (N,) hard labels (its ``hard_labels``); with
+    ``folder``, PNGs in ``images/<label:05d>/<i:05d>.png`` instead (its ``image_path``, an ImageFolder
+    whose sorted folders are the labels). ``ddranking.json``, written last, gives the stored IPC,
+    the decoded images per class, the normalisation and the files."""
+    name, mean, std = benchmark_dataset(syn, "DD-Ranking", DDRANKING_DATASETS, dataset, mean, std)
+    per_class = stored_ipc(syn)
+    storage.check_writable(dest)
+    if folder:
+        root = storage.join(dest, DDRANKING_FOLDER)
+        if storage.exists(root):
+            raise ExportError(f"{root} already exists; remove it or choose another destination")
+        write_png_tree(syn, root, [f"{c:05d}" for c in range(len(syn.class_names))])
+        files = {"image_path": DDRANKING_FOLDER}
+    else:
+        images, labels = normalised_decoded(syn, mean, std)
+        storage.write_bytes_atomic(storage.join(dest, DDRANKING_IMAGES), _torch_bytes(images))
+        storage.write_bytes_atomic(storage.join(dest, DDRANKING_LABELS), _torch_bytes(labels))
+        files = {"image_tensor": DDRANKING_IMAGES, "hard_labels": DDRANKING_LABELS}
+    channels, h, w = syn.images.shape[1:]
+    meta = {"dataset": name, "ipc": per_class, "factor": int(syn.factor), "images_per_class": per_class * syn.tiles,
+            "num_classes": len(syn.class_names), "im_size": [h, w], "channels": channels, "mean": mean, "std": std,
+            "normalised": not folder, **files, "class_names": list(syn.class_names)}
+    storage.write_bytes_atomic(storage.join(dest, DDRANKING_META), (json.dumps(meta, indent=1) + "\n").encode())
+    return dest
+
+
 # ----------------------------------------------------------------------------- dispatch
 WRITERS: dict[str, Callable[..., str]] = {"imagefolder": write_imagefolder, "webdataset": write_webdataset,
-                                          "parquet": write_parquet}
+                                          "parquet": write_parquet, "dcbench": write_dcbench,
+                                          "ddranking": write_ddranking}
 
 
 def export(syn: SyntheticSet, dest: str, format: str, **options: Any) -> str:
     """Write ``syn``'s decoded images to ``dest`` (path or fsspec URL) as ``format`` (one of FORMATS);
-    ``options`` go to its writer (webdataset: ``test``, ``shard_size``, ``log``). Returns ``dest``."""
+    ``options`` go to its writer (webdataset: ``test``, ``shard_size``, ``log``; dcbench: ``dataset``,
+    ``method``, ``ipc``, ``mean``, ``std``; ddranking: ``dataset``, ``mean``, ``std``, ``folder``).
+    Returns ``dest``."""
     if format not in WRITERS:
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     writer = WRITERS[format]
     try:
         inspect.signature(writer).bind(syn, dest, **options)
     except TypeError:
-        takes = [p for p in inspect.signature(writer).parameters][2:]
-        raise ExportError(f"format {format!r} takes the options {takes or 'none'}, got {sorted(options)}") from None
+        params = list(inspect.signature(writer).parameters.values())[2:]
+        takes = [p.name for p in params]
+        required = [p.name for p in params if p.default is inspect.Parameter.empty]
+        raise ExportError(f"format {format!r} takes the options {takes or 'none'}"
+                          + (f" ({', '.join(required)} required)" if required else "")
+                          + f", got {sorted(options)}") from None
     return writer(syn, str(dest), **options)
 
 
@@ -229,7 +423,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="imagefolder", help="default: imagefolder")
     p.add_argument("--test", metavar="DATA_ROOT",
                    help="webdataset only: also write this dataset's test split, so DEST is a data.root for preset custom")
+    p.add_argument("--dataset", metavar="NAME",
+                   help="dcbench, ddranking (required): the benchmark's dataset name, which sets the normalisation "
+                        "(DC-Bench: CIFAR10, CIFAR100, tinyimagenet; DD-Ranking: CIFAR10, CIFAR100, TinyImageNet, "
+                        "ImageNet1K, ...; another name normalises with the set's own mean and std)")
+    p.add_argument("--method", metavar="NAME", help="dcbench only: the method folder and file name (default M3D)")
+    p.add_argument("--ipc", type=int, metavar="N", help="dcbench only: the IPC the path names (default: the stored IPC)")
+    p.add_argument("--mean", type=float, nargs="+", metavar="M", help="dcbench, ddranking: normalise with this mean")
+    p.add_argument("--std", type=float, nargs="+", metavar="S", help="dcbench, ddranking: normalise with this std")
+    p.add_argument("--folder", action="store_true",
+                   help="ddranking only: PNGs in DEST/images/<label>/ (DD-Ranking's image_path) instead of images.pt")
     return p
+
+
+BENCHMARK_OPTIONS = {"dcbench": ("dataset", "method", "ipc", "mean", "std"), "ddranking": ("dataset", "mean", "std", "folder")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,14 +446,23 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.test is not None and a.format != "webdataset":
         p.error("--test needs --format webdataset")
+    given = {k for k in ("dataset", "method", "ipc", "mean", "std") if getattr(a, k) is not None}
+    given |= {"folder"} if a.folder else set()
+    unused = sorted(given - set(BENCHMARK_OPTIONS.get(a.format, ())))
+    if unused:
+        p.error(f"--{unused[0]} does not apply to --format {a.format}")
+    if a.format in BENCHMARK_OPTIONS and a.dataset is None:
+        p.error(f"--format {a.format} needs --dataset (the benchmark's dataset name)")
     options = {"test": a.test} if a.test is not None else {}
+    options.update({k: getattr(a, k) for k in given})
     try:
         syn = SyntheticSet.load(a.run_dir)
         export(syn, a.dest, a.format, **options)
+        where = (parquet_url(a.dest) if a.format == "parquet" else
+                 dcbench_url(syn, a.dest, a.dataset, a.method or "M3D", a.ipc) if a.format == "dcbench" else a.dest)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    where = parquet_url(a.dest) if a.format == "parquet" else a.dest
     print(f"wrote {len(syn)} images of {len(syn.class_names)} classes as {a.format} to {where}"
           + (f" (with the test split of {a.test})" if a.test is not None else ""))
     return 0

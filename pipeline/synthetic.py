@@ -147,8 +147,10 @@ class SyntheticSet(torch.utils.data.Dataset):
 
     def export(self, dest: str, format: str = "imagefolder", **options: Any) -> str:
         """Write the decoded set to ``dest`` as ``imagefolder`` (PNGs in ``train/<class>/``),
-        ``webdataset`` (shards and manifest our data layer reads) or ``parquet`` (images and
-        labels for Hugging Face ``datasets``); see ``pipeline/export.py``. Returns ``dest``."""
+        ``webdataset`` (shards and manifest our data layer reads), ``parquet`` (images and
+        labels for Hugging Face ``datasets``), ``dcbench`` (the .pt DC-Bench's loader reads;
+        ``dataset=`` required) or ``ddranking`` (DD-Ranking's image tensor and hard labels;
+        ``dataset=`` required); see ``pipeline/export.py``. Returns ``dest``."""
         from m3d_condense.pipeline.export import export  # the writers' imports are only paid here
 
         return export(self, dest, format, **options)

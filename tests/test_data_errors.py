@@ -148,7 +148,7 @@ def test_empty_class_in_the_source_names_the_class_and_writes_no_manifest(tmp_pa
     data = synthetic_classes(num_classes=3, per_class=4)
     write_image_folder(tmp_path / "src", "train", data)
     (tmp_path / "src" / "train" / "class3").mkdir()
-    with pytest.raises(SourceError, match=f"{tmp_path / 'src' / 'train'}: class 'class3' has no images in split 'train'"):
+    with pytest.raises(SourceError, match=f"{tmp_path / 'src' / 'train' / 'class3'}: class folder without images"):
         _prepare(tmp_path / "src", tmp_path / "out")
     assert not (tmp_path / "out" / "manifest.parquet").exists()
 

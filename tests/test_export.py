@@ -1,6 +1,7 @@
 """Exports of a condensed set (pipeline/export.py), each read back from real files by the reader it
 is meant for: PIL and prepare (imagefolder), our data layer and a condensation run (webdataset),
-pyarrow and Hugging Face ``datasets`` (parquet); the command line; an object store."""
+pyarrow and Hugging Face ``datasets`` (parquet), the steps DC-Bench's and DD-Ranking's loaders take
+(dcbench, ddranking; tests/test_ddranking.py runs DD-Ranking itself); the command line; an object store."""
 import io
 import json
 import subprocess
@@ -18,7 +19,7 @@ from m3d_condense.pipeline.cli import main as run_main
 from m3d_condense.pipeline.config import load_config
 from m3d_condense.pipeline.data import ClassShardReader, LabeledImages, load_split, read_manifest, storage
 from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
-from m3d_condense.pipeline.export import FORMATS, ExportError, export
+from m3d_condense.pipeline.export import CIFAR10_MEAN, CIFAR10_STD, FORMATS, ExportError, dcbench_file, export
 from m3d_condense.pipeline.export import main as export_main
 from m3d_condense.pipeline.synthetic import SyntheticSet
 
@@ -172,12 +173,177 @@ def test_huggingface_datasets_loads_the_parquet_export_as_images_and_named_label
     assert np.array_equal(np.stack([np.asarray(im) for im in images]), pixels)
 
 
+# ----------------------------------------------------------------------------- dcbench, ddranking
+def _cifar_like(channels: int = 3, classes: int = 10, size: int = 32, seed: int = 2) -> SyntheticSet:
+    """IPC stored images per class at factor 2, stored class-interleaved (0, 1, ..., 9, 0, 1, ...) so
+    that the class-major order the benchmarks need has to be made; a few pixels outside [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat(IPC)
+    images = torch.rand(len(labels), channels, size, size, generator=g) * 1.1 - 0.05
+    return SyntheticSet(images, labels, FACTOR, [f"c{i}" for i in range(classes)])
+
+
+def _class_major(syn: SyntheticSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoded images, computed here per class: class 0's in decoded() order, then class 1's, ...;
+    clamped to [0, 1]."""
+    decoded, labels = syn.decoded()
+    images = torch.cat([decoded[labels == c] for c in range(len(syn.class_names))]).clamp(0, 1)
+    return images, torch.arange(len(syn.class_names)).repeat_interleave(IPC * FACTOR * FACTOR)
+
+
+def _normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    return (images - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+
+def _dcbench_load(root, method: str, dataset: str, ipc: int):
+    """What DC-Bench's DC/DSA/DM loader does (data_loader/dm_data_loader.py): the file
+    ROOT/<method>/<dataset>/IPC<ipc>/res_<METHOD>_<dataset>_ConvNet[D4]_<ipc>ipc.pt, torch.load, and the
+    last entry of its "data" list unpacked into images and labels."""
+    model = "ConvNetD4" if dataset == "tinyimagenet" else "ConvNet"
+    path = root / method / dataset / f"IPC{ipc}" / f"res_{method.upper()}_{dataset}_{model}_{ipc}ipc.pt"
+    saved = torch.load(path, weights_only=True)
+    images, labels = saved["data"][-1]
+    return images, labels, saved
+
+
+def test_dcbench_writes_the_file_dc_benchmarks_loader_reads_normalised_class_major_decoded(tmp_path):
+    syn = _cifar_like()
+    root = tmp_path / "distilled_results"
+    assert export(syn, str(root), "dcbench", dataset="cifar10") == str(root)  # DC-Bench spells it CIFAR10
+    images, labels, saved = _dcbench_load(root, "M3D", "CIFAR10", IPC)  # the path names the stored IPC
+    assert images.dtype == torch.float32 and labels.dtype == torch.int64
+    assert images.shape == (10 * PER_CLASS, 3, 32, 32)
+    expected, expected_labels = _class_major(syn)
+    assert torch.equal(labels, expected_labels)
+    assert torch.equal(images, _normalise(expected, CIFAR10_MEAN, CIFAR10_STD))  # DC-Bench's CIFAR10 statistics
+    back = images * torch.tensor(CIFAR10_STD).view(1, 3, 1, 1) + torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    assert torch.allclose(back, expected, atol=1e-6)  # denormalised: the decoded images, not quantised
+    assert saved["m3d"] == {"dataset": "CIFAR10", "method": "M3D", "ipc": IPC, "factor": FACTOR,
+                            "images_per_class": PER_CLASS, "class_names": syn.class_names,
+                            "mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}
+
+    # the DM loader's own folder (an unmodified DC-Bench reads it with --method dm), another IPC in the
+    # path, or a file named outright
+    export(syn, str(root), "dcbench", dataset="CIFAR10", method="dm", ipc=PER_CLASS)
+    assert torch.equal(_dcbench_load(root, "DM", "CIFAR10", PER_CLASS)[0], images)
+    export(syn, str(tmp_path / "mine.pt"), "dcbench", dataset="CIFAR10")
+    assert torch.equal(torch.load(tmp_path / "mine.pt", weights_only=True)["data"][-1][0], images)
+    assert dcbench_file("tinyimagenet", "M3D", 1) == "M3D/tinyimagenet/IPC1/res_M3D_tinyimagenet_ConvNetD4_1ipc.pt"
+
+
+def test_dcbench_normalises_with_the_benchmarks_statistics_and_refuses_a_set_that_is_not_its_dataset(tmp_path):
+    syn = _cifar_like(classes=100, seed=3)
+    export(syn, str(tmp_path), "dcbench", dataset="CIFAR100")
+    images, _, saved = _dcbench_load(tmp_path, "M3D", "CIFAR100", IPC)
+    mean, std = (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)  # DC-Bench's CIFAR-100 (DD-Ranking's differ)
+    assert saved["m3d"]["mean"] == list(mean) and torch.equal(images, _normalise(_class_major(syn)[0], mean, std))
+    with pytest.raises(ExportError, match=r"DC-Bench's CIFAR10 has classes 10 \(this set: 3\), image size "
+                                          r"\(32, 32\) \(this set: \(8, 8\)\)"):
+        export(_set(), str(tmp_path / "x"), "dcbench", dataset="CIFAR10")
+    with pytest.raises(ExportError, match="channels 3 \\(this set: 1\\)"):
+        export(_cifar_like(channels=1), str(tmp_path / "x"), "dcbench", dataset="CIFAR10")
+    uneven = _cifar_like()
+    uneven = SyntheticSet(uneven.images[1:], uneven.labels[1:], FACTOR, uneven.class_names)
+    with pytest.raises(ExportError, match="the classes hold 1 to 2 stored images"):
+        export(uneven, str(tmp_path / "x"), "dcbench", dataset="CIFAR10")
+    with pytest.raises(ExportError, match="ipc 0 cannot name a DC-Bench folder"):
+        export(_cifar_like(), str(tmp_path / "x"), "dcbench", dataset="CIFAR10", ipc=0)
+    assert not (tmp_path / "x").exists()
+
+
+def test_dcbench_and_ddranking_take_a_grayscale_set_of_another_dataset_with_its_own_statistics(tmp_path):
+    syn = _set(channels=1)  # 3 classes of 8x8, one channel: no dataset the benchmarks ship
+    with pytest.raises(ExportError, match=r"does not know the dataset 'MNIST' .*pass mean and std"):
+        export(syn, str(tmp_path / "x"), "dcbench", dataset="MNIST")
+    syn.mean, syn.std = [0.1307], [0.3081]  # what a run stores: its real data's normalisation
+    export(syn, str(tmp_path / "dc"), "dcbench", dataset="MNIST")
+    images, labels, saved = _dcbench_load(tmp_path / "dc", "M3D", "MNIST", IPC)
+    expected, expected_labels = _class_major(syn)
+    assert images.shape == (3 * PER_CLASS, 1, SIZE, SIZE) and torch.equal(labels, expected_labels)
+    assert torch.equal(images, _normalise(expected, [0.1307], [0.3081]))
+    export(syn, str(tmp_path / "dc2"), "dcbench", dataset="MNIST", mean=[0.5], std=[0.25])  # given ones win
+    assert torch.equal(_dcbench_load(tmp_path / "dc2", "M3D", "MNIST", IPC)[0], (expected - 0.5) / 0.25)
+    with pytest.raises(ExportError, match="one value per channel"):
+        export(syn, str(tmp_path / "x"), "dcbench", dataset="MNIST", mean=[0.5, 0.5, 0.5], std=[1, 1, 1])
+
+    export(syn, str(tmp_path / "ddr"), "ddranking", dataset="MNIST")
+    assert torch.equal(torch.load(tmp_path / "ddr" / "images.pt", weights_only=True), images)
+    assert torch.equal(torch.load(tmp_path / "ddr" / "labels.pt", weights_only=True), labels)
+
+
+def test_ddranking_writes_the_image_tensor_and_hard_labels_and_states_both_ipc_counts(tmp_path):
+    syn = _cifar_like()
+    dest = tmp_path / "ddr"
+    assert export(syn, str(dest), "ddranking", dataset="cifar10") == str(dest)
+    images = torch.load(dest / "images.pt", weights_only=True)
+    labels = torch.load(dest / "labels.pt", weights_only=True)
+    expected, expected_labels = _class_major(syn)
+    assert images.dtype == torch.float32 and images.shape == (10 * PER_CLASS, 3, 32, 32)  # (N x IPC, C, H, W)
+    assert labels.dtype == torch.int64 and torch.equal(labels, expected_labels)
+    assert torch.equal(images, _normalise(expected, CIFAR10_MEAN, CIFAR10_STD))
+    meta = json.loads((dest / "ddranking.json").read_text())
+    assert {k: meta[k] for k in ("dataset", "ipc", "factor", "images_per_class", "num_classes", "im_size",
+                                 "normalised", "image_tensor", "hard_labels")} == {
+        "dataset": "CIFAR10", "ipc": IPC, "factor": FACTOR, "images_per_class": PER_CLASS, "num_classes": 10,
+        "im_size": [32, 32], "normalised": True, "image_tensor": "images.pt", "hard_labels": "labels.pt"}
+
+    cifar100 = _cifar_like(classes=100, seed=3)  # DD-Ranking normalises CIFAR-100 with CIFAR-10's statistics
+    export(cifar100, str(tmp_path / "c100"), "ddranking", dataset="CIFAR100")
+    assert torch.equal(torch.load(tmp_path / "c100" / "images.pt", weights_only=True),
+                       _normalise(_class_major(cifar100)[0], CIFAR10_MEAN, CIFAR10_STD))
+    with pytest.raises(ExportError, match="DD-Ranking's TinyImageNet has classes 200"):
+        export(syn, str(tmp_path / "x"), "ddranking", dataset="TinyImageNet")
+
+
+@pytest.mark.parametrize("channels, mode", [(1, "L"), (3, "RGB")])
+def test_ddranking_folder_holds_the_decoded_pngs_under_label_folders_that_sort_in_label_order(tmp_path, channels,
+                                                                                              mode):
+    syn = _cifar_like(channels=channels, classes=12, size=8)  # 12 classes: "00010" must sort after "00009"
+    dest = tmp_path / "ddr"
+    export(syn, str(dest), "ddranking", dataset="mine", mean=[0.5] * channels, std=[0.5] * channels, folder=True)
+    pixels, labels = _expected(syn)
+    folders = sorted(p.name for p in (dest / "images").iterdir())
+    assert folders == [f"{c:05d}" for c in range(12)]  # ImageFolder's sorted index is the label
+    for c, name in enumerate(folders):
+        files = sorted((dest / "images" / name).iterdir())
+        assert [f.name for f in files] == [f"{i:05d}.png" for i in range(PER_CLASS)]
+        assert np.array_equal(np.stack([_png_pixels(f.read_bytes(), mode) for f in files]), pixels[labels == c])
+    meta = json.loads((dest / "ddranking.json").read_text())
+    assert meta["image_path"] == "images" and meta["normalised"] is False and meta["mean"] == [0.5] * channels
+    assert not (dest / "images.pt").exists()
+    with pytest.raises(ExportError, match="images already exists"):
+        export(syn, str(dest), "ddranking", dataset="mine", mean=[0.5] * channels, std=[0.5] * channels, folder=True)
+
+
+def test_the_benchmark_formats_from_the_command_line(tmp_path, capsys):
+    syn = _cifar_like()
+    syn.save(str(tmp_path / "run"))
+    root = tmp_path / "results"
+    assert export_main([str(tmp_path / "run"), str(root), "--format", "dcbench", "--dataset", "CIFAR10"]) == 0
+    path = root / "M3D" / "CIFAR10" / f"IPC{IPC}" / f"res_M3D_CIFAR10_ConvNet_{IPC}ipc.pt"
+    assert capsys.readouterr().out == f"wrote {len(syn)} images of 10 classes as dcbench to {path}\n"
+    assert torch.equal(_dcbench_load(root, "M3D", "CIFAR10", IPC)[0],
+                       _normalise(_class_major(syn)[0], CIFAR10_MEAN, CIFAR10_STD))
+    assert export_main([str(tmp_path / "run"), str(tmp_path / "ddr"), "--format", "ddranking", "--dataset", "CIFAR10",
+                        "--folder"]) == 0
+    assert json.loads((tmp_path / "ddr" / "ddranking.json").read_text())["image_path"] == "images"
+    for args, message in ((["--format", "ddranking"], "needs --dataset"),
+                          (["--format", "parquet", "--dataset", "CIFAR10"], "--dataset does not apply to --format parquet"),
+                          (["--format", "dcbench", "--dataset", "CIFAR10", "--folder"], "--folder does not apply")):
+        with pytest.raises(SystemExit) as exit_:
+            export_main([str(tmp_path / "run"), str(tmp_path / "y"), *args])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- dispatch, command line, object store
 def test_an_unknown_format_or_option_is_an_error_naming_the_choices():
     with pytest.raises(ValueError, match="unknown export format 'tfrecord'; choose one of " + ", ".join(FORMATS)):
         export(_set(), "unused", "tfrecord")
     with pytest.raises(ExportError, match=r"format 'parquet' takes the options none, got \['test'\]"):
         export(_set(), "unused", "parquet", test="x")
+    with pytest.raises(ExportError, match=r"format 'dcbench' takes the options \['dataset', 'method', 'ipc', 'mean', "
+                                          r"'std'\] \(dataset required\), got \[\]"):
+        export(_set(), "unused", "dcbench")
 
 
 def test_the_export_script_writes_a_stored_run_with_a_test_split_and_exits_2_naming_a_missing_run(tmp_path, capsys):

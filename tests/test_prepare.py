@@ -11,6 +11,8 @@ from PIL import Image
 from source_files import write_cifar10, write_cifar100, write_idx, write_image_folder, write_svhn
 
 from m3d_condense.pipeline.data import ClassShardReader, read_manifest
+from m3d_condense.pipeline.data.arrays import folder_arrays
+from m3d_condense.pipeline.data.sources import SourceError
 from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
 from m3d_condense.pipeline.prepare import main as prepare_main
 
@@ -153,6 +155,99 @@ def test_image_folder_stays_rgb_when_one_of_its_files_is_grayscale(tmp_path):
     assert m.channels == 3
     back = ClassShardReader(str(tmp_path / "out")).read_class("train", 1)[0]
     assert back.shape == (3, 8, 8) and torch.equal(back[0], back[2])
+
+
+# ----------------------------------------------------------------------------- odd files of real ImageFolders
+def _jpeg(path, mode: str, width: int, height: int, seed: int = 0) -> None:
+    """A JPEG of random colour pixels converted to PIL ``mode`` (RGB, L or CMYK), as cameras and
+    scanners write them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path, quality=95)
+
+
+def test_image_folder_is_rgb_when_a_colour_file_follows_grayscale_first_images(tmp_path):
+    # the first image of every class (the sample) is grayscale, a later one is colour: reading it as
+    # one channel would silently drop its colour, so every header is read and the set is RGB
+    _jpeg(tmp_path / "src" / "train" / "a" / "0.jpg", "L", 16, 16)
+    _jpeg(tmp_path / "src" / "train" / "a" / "1.jpg", "RGB", 16, 16, seed=1)
+    _jpeg(tmp_path / "src" / "train" / "b" / "0.jpg", "L", 16, 16, seed=2)
+    m = _prepare(tmp_path / "src", tmp_path / "out", image_format="png")
+    assert m.channels == 3
+    colour = ClassShardReader(str(tmp_path / "out")).read_class("train", 0)[1].permute(1, 2, 0).numpy()
+    assert np.array_equal(colour, np.asarray(Image.open(tmp_path / "src" / "train" / "a" / "1.jpg").convert("RGB")))
+    gray = ClassShardReader(str(tmp_path / "out")).read_class("train", 1)[0]
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[0], gray[2])  # the grayscale file, three times
+
+
+def test_image_folder_converts_cmyk_jpegs_to_rgb(tmp_path):
+    _jpeg(tmp_path / "src" / "train" / "a" / "0.jpg", "CMYK", 16, 16)  # the sampled first image is CMYK
+    _jpeg(tmp_path / "src" / "train" / "a" / "1.jpg", "RGB", 16, 16, seed=1)
+    _jpeg(tmp_path / "src" / "train" / "b" / "0.jpg", "RGB", 16, 16, seed=2)
+    cmyk = tmp_path / "src" / "train" / "a" / "0.jpg"
+    assert Image.open(cmyk).mode == "CMYK"
+    m = _prepare(tmp_path / "src", tmp_path / "out", image_format="png")
+    assert m.channels == 3
+    back = ClassShardReader(str(tmp_path / "out")).read_class("train", 0)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(back, np.asarray(Image.open(cmyk).convert("RGB")))  # PIL's conversion, no colour profile
+
+
+def test_image_folder_with_a_333x500_image_among_320x320_names_it_or_resizes_and_centre_crops(tmp_path):
+    src = tmp_path / "src" / "train"
+    _jpeg(src / "a" / "0.jpg", "RGB", 320, 320)
+    _jpeg(src / "a" / "1.jpg", "RGB", 333, 500, seed=1)  # width 333, height 500
+    _jpeg(src / "b" / "0.jpg", "RGB", 320, 320, seed=2)
+    _jpeg(src / "b" / "1.jpg", "RGB", 320, 320, seed=3)
+    odd = src / "a" / "1.jpg"
+    with pytest.raises(SourceError, match=f"{odd}: image is 500x333x3, others are 320x320x3 .*--size S"):
+        _prepare(tmp_path / "src", tmp_path / "x")  # in one shard with a 320x320 image
+    with pytest.raises(SourceError, match=f"{odd}: image is 500x333x3, but {src / 'a' / '0.jpg'} is 320x320x3"):
+        _prepare(tmp_path / "src", tmp_path / "x", shard_size=1)  # alone in its shard: named all the same
+    (src / "b" / "0.jpg").rename(src / "b" / "9.jpg")
+    _jpeg(src / "b" / "0.jpg", "RGB", 333, 500, seed=4)  # the sampled first image of class b: refused before encoding
+    with pytest.raises(SourceError, match=f"{src / 'b' / '0.jpg'}: image is 500x333 \\(height x width\\), but "
+                                          f"{src / 'a' / '0.jpg'} is 320x320"):
+        _prepare(tmp_path / "src", tmp_path / "x")
+    assert not (tmp_path / "x" / "manifest.parquet").exists()
+
+    m = _prepare(tmp_path / "src", tmp_path / "out", size=320, image_format="png")  # --size 320
+    assert m.image_size == (320, 320)
+    back = ClassShardReader(str(tmp_path / "out")).read_class("train", 0)[1].permute(1, 2, 0).numpy()
+    # the shorter side 333 -> 320, so 500 -> 480; then the middle 320 rows
+    expect = np.asarray(Image.open(odd).convert("RGB").resize((320, 480), Image.BICUBIC).crop((0, 80, 320, 400)))
+    assert np.array_equal(back, expect)
+
+
+def test_image_folder_with_an_empty_class_folder_names_it_and_the_class_list_can_leave_it_out(tmp_path):
+    data = synthetic_classes(num_classes=2, per_class=3, size=8, channels=3)
+    write_image_folder(tmp_path / "src", "train", data)
+    empty = tmp_path / "src" / "train" / "zebra"
+    empty.mkdir()
+    with pytest.raises(SourceError, match=f"{empty}: class folder without images .*it is empty.*cannot be condensed"):
+        _prepare(tmp_path / "src", tmp_path / "out")
+    (empty / "notes.txt").write_text("to do")
+    (empty / ".DS_Store").write_text("")  # hidden: not mentioned
+    with pytest.raises(SourceError, match=r"zebra: class folder without images .*1 other entries, e.g. \['notes.txt'\]"):
+        _prepare(tmp_path / "src", tmp_path / "out")
+    with pytest.raises(SourceError, match=f"{empty}: class folder without images"):
+        folder_arrays(str(tmp_path / "src"), "train")  # condense(folder) reads it the same way
+    assert not (tmp_path / "out" / "manifest.parquet").exists()
+    (tmp_path / "list.txt").write_text("class0\nclass1\n")
+    m = _prepare(tmp_path / "src", tmp_path / "out", class_list=str(tmp_path / "list.txt"))
+    assert m.class_names == ["class0", "class1"]
+
+
+def test_condense_reading_an_image_folder_names_an_image_of_another_size(tmp_path):
+    src = tmp_path / "src" / "train"
+    _jpeg(src / "a" / "0.jpg", "RGB", 32, 32)
+    _jpeg(src / "a" / "1.jpg", "CMYK", 32, 32, seed=1)
+    _jpeg(src / "b" / "0.jpg", "L", 32, 32, seed=2)
+    x, y, names = folder_arrays(str(tmp_path / "src"), "train")  # CMYK and L files join as RGB
+    assert x.shape == (3, 32, 32, 3) and y.tolist() == [0, 0, 1] and names == ["a", "b"]
+    _jpeg(src / "b" / "1.jpg", "RGB", 33, 50, seed=3)
+    with pytest.raises(SourceError, match=f"{src / 'b' / '1.jpg'}: image is 50x33x3, but {src / 'a' / '0.jpg'} is "
+                                          "32x32x3; prepare the folder .*--size S"):
+        folder_arrays(str(tmp_path / "src"), "train")
 
 
 def test_rerun_skips_unchanged_shards_and_rewrites_changed_ones(tmp_path):

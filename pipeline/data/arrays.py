@@ -26,7 +26,7 @@ from m3d_condense.pipeline.data.inmemory import npz_split
 from m3d_condense.pipeline.data.labeled import LabeledImages
 from m3d_condense.pipeline.data.manifest import FILENAME
 from m3d_condense.pipeline.data.shards import unit_to_uint8
-from m3d_condense.pipeline.data.sources import SourceError, open_source
+from m3d_condense.pipeline.data.sources import SourceError, open_source, require_images
 from m3d_condense.pipeline.data.writer import image_mode, load_pixels
 from m3d_condense.pipeline.logs import progress_bar
 
@@ -90,8 +90,15 @@ def folder_arrays(path: str, split: str) -> tuple[np.ndarray, np.ndarray, list[s
     if split not in src.splits:
         raise SourceError(f"{path}: has no {split!r} split (has {sorted(src.splits)})")
     sp = src.splits[split]
+    require_images(src.kind, {split: sp})
     mode = image_mode(src.splits)  # chosen over every split, so train and test get the same channels
-    images = [load_pixels(ref, None, mode) for items in sp.items for ref in items]
+    refs = [ref for items in sp.items for ref in items]
+    images = [load_pixels(ref, None, mode) for ref in refs]
+    odd = next((i for i, x in enumerate(images) if x.shape != images[0].shape), None)
+    if odd is not None and isinstance(refs[odd], str):  # name the files; prepare --size makes one size
+        raise SourceError(f"{refs[odd]}: image is {'x'.join(map(str, images[odd].shape))}, but {refs[0]} is "
+                          f"{'x'.join(map(str, images[0].shape))}; prepare the folder with "
+                          "`python pipeline/prepare.py SOURCE DEST --size S` (resize and centre-crop) and pass DEST")
     labels = np.concatenate([np.full(len(items), c, dtype=np.int64) for c, items in enumerate(sp.items)])
     return _stack(images, f"{path} {split}"), labels, list(sp.class_names)
 

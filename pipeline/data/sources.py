@@ -274,6 +274,25 @@ def _image_folder(folder: Path) -> Source | None:
     return Source("imagefolder", str(folder), splits)
 
 
+def require_images(kind: str, splits: dict[str, SourceSplit]) -> None:
+    """Refuse a class without images in any split: it cannot be condensed (nor tested). For an
+    ImageFolder the message names the class folder and what it holds instead."""
+    for split, sp in splits.items():
+        for name, items in zip(sp.class_names, sp.items, strict=True):
+            if items:
+                continue
+            if kind != "imagefolder":
+                raise SourceError(f"{sp.origin}: class {name!r} has no images in split {split!r}")
+            folder = Path(sp.origin) / name
+            if not folder.is_dir():
+                raise SourceError(f"{folder}: no such class folder; every class of train/ needs one in {sp.origin}")
+            others = sorted(p.name for p in _visible(folder))
+            held = (f"it holds {len(others)} other entries, e.g. {others[:3]}" if others else "it is empty")
+            raise SourceError(f"{folder}: class folder without images ({'/'.join(sorted(IMAGE_SUFFIXES))}; {held}); "
+                              "a class without images cannot be condensed: add images, remove the folder, or leave "
+                              "the class out with --classes")
+
+
 DETECTORS = (_npz, _idx, _cifar, _svhn, _image_folder)
 LAYOUTS = ("an ImageFolder tree (train/<class>/*.jpg|png, optional val/ or test/)",
            "MNIST/Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)",

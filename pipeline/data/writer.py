@@ -19,7 +19,15 @@ from PIL import Image
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.data.manifest import FILENAME, Manifest, ManifestError, ShardRow, read_manifest
 from m3d_condense.pipeline.data.shards import Sample, build_shard, encode_image, resize_pixels
-from m3d_condense.pipeline.data.sources import ImageRef, Source, SourceError, SourceSplit, open_source, read_name_list
+from m3d_condense.pipeline.data.sources import (
+    ImageRef,
+    Source,
+    SourceError,
+    SourceSplit,
+    open_source,
+    read_name_list,
+    require_images,
+)
 from m3d_condense.pipeline.logs import progress_bar
 
 FORMATS = ("auto", "png", "jpeg")
@@ -72,12 +80,42 @@ def _open_image(path: str, decode: bool = True) -> Image.Image:
 
 def image_mode(splits: dict[str, SourceSplit]) -> str:
     """The PIL mode every image file of ``splits`` becomes, one for all splits: "L" (one channel)
-    when the sampled files are all grayscale, as an exported MNIST set is, else "RGB" (so
-    ImageNet's few grayscale JPEGs join its colour ones). Samples at most 50 files (the first of
-    each class); arrays keep their own channels."""
+    when every file is grayscale, as an exported MNIST set is, else "RGB": ImageNet's few grayscale
+    JPEGs join its colour ones, and CMYK JPEGs (and palette or RGBA PNGs) are converted to RGB by
+    PIL (CMYK without a colour profile). The first file of each class (50 at most) is sampled; only
+    when all of those are grayscale is every file's header read, since a colour file among them
+    would otherwise lose its colour. Arrays keep their own channels."""
     files = [r for r in first_images(splits) if isinstance(r, str)][:50]
     modes = {_open_image(f, decode=False).mode for f in files}  # the header says it
-    return "L" if modes and modes <= set(GRAYSCALE_MODES) else "RGB"
+    if not modes or not modes <= set(GRAYSCALE_MODES):
+        return "RGB"
+    every = (r for sp in splits.values() for items in sp.items for r in items if isinstance(r, str))
+    return "RGB" if any(_header_mode(f) not in (*GRAYSCALE_MODES, None) for f in every) else "L"
+
+
+def _header_mode(path: str) -> str | None:
+    """The PIL mode the header of ``path`` gives, None when it cannot be read: the encoder reports
+    such a file, naming it, when it reaches it."""
+    try:
+        with Image.open(path) as img:
+            return img.mode
+    except Exception:  # noqa: BLE001 - PIL raises many types for bad files
+        return None
+
+
+def check_sizes(splits: dict[str, SourceSplit], size: int | None) -> None:
+    """Without ``size``, refuse before encoding anything when the sampled files (the first of each
+    class, 50 at most) differ in size, naming two of them; ``prepare`` checks every image as it
+    encodes it."""
+    if size is not None:
+        return
+    seen: dict[tuple[int, int], str] = {}
+    for f in [r for r in first_images(splits) if isinstance(r, str)][:50]:
+        seen.setdefault(_open_image(f, decode=False).size, f)
+    if len(seen) > 1:
+        (a, fa), (b, fb) = list(seen.items())[:2]
+        raise SourceError(f"{fb}: image is {b[1]}x{b[0]} (height x width), but {fa} is {a[1]}x{a[0]}; images of "
+                          "several sizes need --size S (resize the shorter side to S, then centre-crop SxS)")
 
 
 def load_pixels(ref: ImageRef, size: int | None, mode: str) -> np.ndarray:
@@ -120,7 +158,8 @@ def build_task(task: ShardTask, dest: str, image_format: str, quality: int, size
         elif pixels.shape != shape:  # the image named only here, on the error path
             where = ref if isinstance(ref, str) else f"{task.origin} class {task.class_name!r} image {task.first + i}"
             raise SourceError(f"{where}: image is {pixels.shape[0]}x{pixels.shape[1]}x{pixels.shape[2]}, others "
-                              f"are {shape[0]}x{shape[1]}x{shape[2]} (pass --size to resize and centre-crop)")
+                              f"are {shape[0]}x{shape[1]}x{shape[2]} (pass --size S to resize the shorter side to "
+                              "S and centre-crop SxS)")
         p = pixels.reshape(-1, pixels.shape[-1]).astype(np.float64) / 255.0
         total = p.sum(0) if total is None else total + p.sum(0)
         total_sq = (p**2).sum(0) if total_sq is None else total_sq + (p**2).sum(0)
@@ -137,7 +176,8 @@ def build_task(task: ShardTask, dest: str, image_format: str, quality: int, size
         storage.write_bytes_atomic(url, data)
         written = True
     row = ShardRow(task.split, task.class_index, task.class_name, rel, len(samples), len(data), sha)
-    return {"row": asdict(row), "shape": shape, "sum": total, "sum_sq": total_sq, "written": written}
+    first = task.refs[0] if isinstance(task.refs[0], str) else f"{task.origin} class {task.class_name!r} image {task.first}"
+    return {"row": asdict(row), "shape": shape, "first": first, "sum": total, "sum_sq": total_sq, "written": written}
 
 
 # ----------------------------------------------------------------------------- the whole dataset
@@ -155,16 +195,13 @@ def _select(source: Source, opts: PrepareOptions) -> dict[str, SourceSplit]:
     if opts.class_list:
         keep = read_name_list(opts.class_list)
         splits = {k: sp.select(keep, f"class list {opts.class_list}") for k, sp in splits.items()}
+    require_images(source.kind, splits)
     if opts.class_names:
         names = read_name_list(opts.class_names)
         if len(names) != len(reference if not opts.class_list else keep):
             raise SourceError(f"{opts.class_names}: {len(names)} names for {len(next(iter(splits.values())).class_names)} "
                               "classes")
         splits = {k: SourceSplit(names, sp.items, sp.origin) for k, sp in splits.items()}
-    for name, sp in splits.items():
-        for c, items in enumerate(sp.items):
-            if not items:
-                raise SourceError(f"{sp.origin}: class {sp.class_names[c]!r} has no images in split {name!r}")
     return splits
 
 
@@ -195,6 +232,7 @@ def prepare(source: str | Source, dest: str, opts: PrepareOptions = PrepareOptio
     src = source if isinstance(source, Source) else open_source(source)
     splits = _select(src, opts)
     storage.check_writable(dest)
+    check_sizes(splits, opts.size)
     image_format, mode = _format_for(first_images(splits), opts.image_format), image_mode(splits)
     tasks = _tasks(splits, opts.shard_size)
     previous = _previous_rows(dest)
@@ -215,8 +253,16 @@ def prepare(source: str | Source, dest: str, opts: PrepareOptions = PrepareOptio
                     results.append(f.result())
                     bar.update(len(futures[f].refs))
     shapes = {r["shape"] for r in results}
-    if len(shapes) != 1:
-        raise SourceError(f"{src.path}: images come in several sizes {sorted(shapes)}; pass --size to resize")
+    if len(shapes) != 1:  # each shard has one size (build_task), but shards differ: name an image of each
+        count: dict[tuple, int] = {}
+        for r in results:
+            count[r["shape"]] = count.get(r["shape"], 0) + r["row"]["num_samples"]
+        common = max(count, key=lambda s: count[s])
+        odd = next(r for r in results if r["shape"] != common)
+        usual = next(r for r in results if r["shape"] == common)
+        raise SourceError(f"{odd['first']}: image is {'x'.join(map(str, odd['shape']))}, but {usual['first']} is "
+                          f"{'x'.join(map(str, common))} (images of {len(shapes)} sizes); pass --size S to resize the "
+                          "shorter side to S and centre-crop SxS")
     h, w, channels = shapes.pop()
     stats_split = "train" if "train" in splits else next(iter(splits))
     stats = [r for r in results if r["row"]["split"] == stats_split]
