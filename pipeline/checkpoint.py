@@ -50,6 +50,8 @@ class RunState:
     status: Status = Status.running
     iteration: int = 0  # of the last complete checkpoint
     slices: list[str] = field(default_factory=list)  # that checkpoint's files, relative to the run
+    # Wall seconds spent condensing up to the last checkpoint (then the whole condensation),
+    # summed over every process that worked on the run: a resumed run counts all its parts.
     condense_seconds: float | None = None
     condense_it_per_s: float | None = None  # steady state: after the workers started
     # Control plane: median seconds per driver sync beyond the slowest worker's compute; bytes

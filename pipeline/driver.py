@@ -22,6 +22,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -107,18 +108,23 @@ def synthesize(cfg: RunConfig, store: RunStore, state: RunState, backend: str, w
         log.info(f"condensed earlier; evaluating the set stored in {store.url}")
         return Synthesized(store.url, [(int(t), [v]) for t, v in state.loss_curve]), None
     start, it_per_s, group = time.perf_counter(), None, None
+    before = state.condense_seconds or 0.0  # earlier processes' share, up to the checkpoint resumed from
+    state.condense_seconds = before
+
+    def spent() -> float:
+        return before + time.perf_counter() - start
     if cfg.method == "whole":
         syn = Synthesized(whole_set(cfg, device, progress), [])
     else:
         group = start_workers(cfg, backend, workers, store.url)
         if cfg.method == "m3d":
-            parts, history, it_per_s = condense(cfg, store, state, group, progress)
+            parts, history, it_per_s = condense(cfg, store, state, group, progress, spent)
         else:  # a selection baseline: real images, stored without multi-formation
             parts, history = group.call("select"), []
         synthetic.write_index(store.url, [p["slice"] for p in parts], cfg.stored_factor, parts[0]["class_names"],
                               cfg.data.mean, cfg.data.std)
         syn = Synthesized(store.url, history)
-    store.record_condensed(state, time.perf_counter() - start, it_per_s,
+    store.record_condensed(state, spent(), it_per_s,
                            [[t, statistics.fmean(v)] for t, v in syn.history])
     return syn, group
 
@@ -140,11 +146,12 @@ def snapshot_url(run_url: str, iteration: int) -> str:
     return storage.join(run_url, SNAPSHOTS, f"it{iteration:07d}")
 
 
-def condense(cfg: RunConfig, store: RunStore, state: RunState, group: WorkerGroup,
-             progress: bool) -> tuple[list[dict], list[tuple[int, list[float]]], float | None]:
+def condense(cfg: RunConfig, store: RunStore, state: RunState, group: WorkerGroup, progress: bool,
+             spent: Callable[[], float] = lambda: 0.0) -> tuple[list[dict], list[tuple[int, list[float]]], float | None]:
     """Step the workers in lockstep to cfg.iterations from the run's last checkpoint, record
-    complete checkpoints, and have each worker store its slice of the set. Returns what the
-    workers' ``finish`` returned, the loss history and the steady-state it/s."""
+    complete checkpoints (each with ``spent()``, the condensing seconds so far), and have each
+    worker store its slice of the set. Returns what the workers' ``finish`` returned, the loss
+    history and the steady-state it/s."""
     splits = group.splits
     infos = group.call("info")
     t = min(i["iteration"] for i in infos)
@@ -171,7 +178,7 @@ def condense(cfg: RunConfig, store: RunStore, state: RunState, group: WorkerGrou
                 synthetic.write_index(snap_url, [r["snapshot"] for r in results], cfg.stored_factor,
                                       infos[0]["class_names"], cfg.data.mean, cfg.data.std)
             if checkpoint:
-                state.checkpoint_bytes = sum(r["checkpoint_bytes"] for r in results)
+                state.checkpoint_bytes, state.condense_seconds = sum(r["checkpoint_bytes"] for r in results), spent()
                 store.record_checkpoint(state, target, [r["checkpoint"] for r in results])
             bar.update(target - t)
             losses = [r["loss"] for r in results if r["loss"] is not None]

@@ -86,6 +86,9 @@ def run_cell(cell: Cell, out: str, progress: bool = True) -> dict:
     cfg = cell.config(out)
     run_url = storage.join(cfg.out_dir, cfg.run_name)
     summary = run(cfg, progress=progress)  # stages 1 and 2: condense, evaluate the final set
+    if len(summary["eval"]["runs"]) != cell.runs:  # finished earlier with another --runs: the records make up the rest
+        cfg.reevaluate = True
+        summary = run(cfg, progress=progress)
     selection = select_snapshot(cfg, run_url, cell.select_every, summary, progress)
     row = cell_row(cell, cfg, summary, selection)
     outputs.write_json(row_path(out, cell), row)

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from m3d_condense.pipeline.eval_records import EvalRecords
 from m3d_condense.pipeline.paper import Cell, cell_row, read_rows, run_cell, score_snapshots, table_markdown, with_runs
 from m3d_condense.pipeline.reproduce import main as reproduce
 from m3d_condense.pipeline.synthetic import SyntheticSet
+from m3d_condense.pipeline.worker import ClassWorker
 
 TINY = ["encoder.width=16", "batch_real=16", "log_every=2", "device=cpu", "workers=1", "diagnostics.moments=false",
         "eval.epochs=2", "eval.test_every=1"]
@@ -83,8 +85,14 @@ def cell(**kw) -> Cell:
     return Cell("digits", 1, runs=2, select_every=2, overrides=["iterations=6", *TINY], **kw)
 
 
-def test_a_stopped_cell_continues_where_it_stopped_and_gives_the_row_of_an_uninterrupted_one(tmp_path, monkeypatch):
-    fresh = run_cell(cell(), str(tmp_path / "fresh"), progress=False)
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> dict:
+    """The row of the tiny cell run start to end in one go."""
+    return run_cell(cell(), str(tmp_path_factory.mktemp("fresh")), progress=False)
+
+
+def test_a_stopped_cell_continues_where_it_stopped_and_gives_the_row_of_an_uninterrupted_one(tmp_path, monkeypatch,
+                                                                                                  fresh):
     out = str(tmp_path / "stopped")
     count_trainings(monkeypatch, kill_at=4)  # final runs 1 and 2, snapshot 2, killed at snapshot 4
     with pytest.raises(Killed):
@@ -98,6 +106,9 @@ def test_a_stopped_cell_continues_where_it_stopped_and_gives_the_row_of_an_unint
     assert {k: row[k] for k in same} == {k: fresh[k] for k in same}
     assert row["selected_from"] == 3 and row["selected_accuracy"] == max(row["snapshot_scores"].values())
     assert json.loads((tmp_path / "stopped" / "rows" / "digits_m3d_ipc1.json").read_text())["cell"] == "digits_m3d_ipc1"
+    calls = count_trainings(monkeypatch)
+    more = run_cell(Cell("digits", 1, runs=3, select_every=2, overrides=["iterations=6", *TINY]), out, progress=False)
+    assert len(calls) == 1 and more["runs"] == 3 and more["accuracy_runs"][:2] == row["accuracy_runs"]
 
 
 def test_the_table_command_prints_every_recorded_row_and_publish_stores_a_uint8_set(tmp_path, capsys):
@@ -153,8 +164,7 @@ def test_a_second_process_can_score_the_snapshots_while_the_cell_condenses(tmp_p
     assert {t: acc for t, (acc, _) in again.items()} == {t: acc for t, (acc, _) in follower.items()}
 
 
-def test_a_cell_saved_with_paper_state_continues_on_another_disk_with_the_same_row(tmp_path, monkeypatch):
-    fresh = run_cell(cell(), str(tmp_path / "fresh"), progress=False)
+def test_a_cell_saved_with_paper_state_continues_on_another_disk_with_the_same_row(tmp_path, monkeypatch, fresh):
     first, second, kept = tmp_path / "first", tmp_path / "second", tmp_path / "kept"
     count_trainings(monkeypatch, kill_at=4)  # stopped while scoring the snapshot of iteration 4
     with pytest.raises(Killed):
@@ -170,3 +180,25 @@ def test_a_cell_saved_with_paper_state_continues_on_another_disk_with_the_same_r
     row = run_cell(cell(), str(second), progress=False)
     assert len(calls) == 1 and row["snapshot_scores"] == fresh["snapshot_scores"]
     assert (row["accuracy_runs"], row["selected_accuracy"]) == (fresh["accuracy_runs"], fresh["selected_accuracy"])
+
+
+def test_condensing_seconds_add_up_over_the_processes_that_resumed_a_run(tmp_path, monkeypatch):
+    cfg = load_config("digits", ["iterations=4", "checkpoint_every=2", "eval.runs=0", *TINY, f"out_dir={tmp_path}",
+                                 "run_name=r"])
+    clock, offset, real_step = time.perf_counter, [0.0], ClassWorker.run_until
+    monkeypatch.setattr(time, "perf_counter", lambda: clock() + offset[0])
+
+    def run_until(self, target, *args):
+        if target > 2:
+            raise Killed
+        offset[0] += 1000.0  # the first process spends 1000 s up to its checkpoint
+        return real_step(self, target, *args)
+
+    monkeypatch.setattr(ClassWorker, "run_until", run_until)
+    with pytest.raises(Killed):
+        run_pipeline(cfg, progress=False)
+    first = json.loads((tmp_path / "r" / "run.json").read_text())["condense_seconds"]
+    assert first >= 1000
+    monkeypatch.setattr(ClassWorker, "run_until", real_step)
+    summary = run_pipeline(cfg, progress=False)
+    assert first < summary["condense_seconds"] < first + 600
