@@ -5,7 +5,8 @@
 #   python -m benchmarks.paper_state restore            # cells saved by an earlier machine
 #   bash benchmarks/paper_cells.sh 1 & bash benchmarks/paper_cells.sh 2 &
 #   python -m benchmarks.paper_state save               # before the machine goes: commit the result
-# Runs and rows go to ~/m3d-paper; logs to ~/m3d-paper/lane<N>.log. DATA holds mnist/,
+# Runs and rows go to ~/m3d-paper; logs to ~/m3d-paper/lane<N>.log; PYTHON picks the interpreter
+# (e.g. a venv holding a fixed commit: long runs should not see edits to the tree). DATA holds mnist/,
 # fashion_mnist/ and cifar10/ prepared as in docs/data.md (or their train.npz/test.npz copies).
 # fp32 throughout: the reference precision (bf16 is slower than fp32 on CPUs without AVX-512 BF16).
 # IPC 10 cells: 5 evaluation runs and a snapshot scored every 1000 iterations (one 1000-epoch
@@ -18,7 +19,7 @@ mkdir -p "$HOME/m3d-paper"
 export OMP_NUM_THREADS=1 TQDM_DISABLE=1
 COMMON="checkpoint_every=50 compile=true eval.compile=true"
 cell() {  # PRESET IPC [options]
-  python pipeline/reproduce.py cell "$@" --no-progress data.root="$DATA/$1" $COMMON >> "$LOG" 2>&1
+  "${PYTHON:-python}" pipeline/reproduce.py cell "$@" --no-progress data.root="$DATA/$1" $COMMON >> "$LOG" 2>&1
 }
 case $1 in
   1) cell cifar10 10 --runs 5 --select-every 1000
