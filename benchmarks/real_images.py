@@ -11,8 +11,11 @@ it in a child process: images/s per core = images / the child's CPU seconds (use
 those of ``prepare.py --help``: the interpreter's start and the imports), so
 the number holds on a loaded machine, where wall time does not; the source sizes are read from
 the JPEG headers. ``step`` runs, in a fresh process, one warm-up step and ``--steps`` timed
-steps of the preset's engine on its real classes (``chunk_classes=1`` unless given: what the
-first step's tuning picks on a CPU), and reports wall and CPU seconds per iteration and the
+steps of the preset's engine on its real classes, or on the first ``--classes`` of them as a
+worker owning that slice would (``chunk_classes=1`` unless given: what the first step's tuning
+picks on a CPU; the step is then a loop over classes, so its time scales with them; eager,
+``compile=false``, unless given), and
+reports wall and CPU seconds per iteration and the
 peak RSS growth over the steps beside the engine's estimate (pipeline/memory.py).
 ``eval`` trains the preset's first evaluation network on the initial stored set (real images,
 decoded multi-formation) for ``--epochs`` epochs and tests it once: train epochs/s and the
@@ -41,10 +44,10 @@ from m3d_condense.pipeline.config import load_config
 from m3d_condense.pipeline.data import open_class_cache
 from m3d_condense.pipeline.engine import Condenser
 from m3d_condense.pipeline.memory import step_bytes
-preset, steps, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+preset, steps, owned, overrides = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 s = load_config(preset, overrides)
 device = torch.device("cpu")
-classes = list(range(s.data.num_classes))
+classes = list(range(owned or s.data.num_classes))  # a worker's slice: the step is a loop over its classes
 t0 = time.perf_counter()
 cache = open_class_cache(s.data, classes, device, progress=False)
 load_s = time.perf_counter() - t0
@@ -57,8 +60,11 @@ for _ in range(steps):
 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
 print(json.dumps({"preset": preset, "overrides": overrides, "arch": s.encoder.arch, "image_size": list(s.data.image_size),
-                  "classes": len(classes), "ipc": s.ipc, "factor": s.factor, "batch_real": s.batch_real,
-                  "chunk_classes": c.chunk, "real_images_cached": sum(cache.count.values()),
+                  "classes_timed": len(classes), "classes": s.data.num_classes,
+                  "s_per_iteration_wall_all_classes": round(wall / steps * s.data.num_classes / len(classes), 1),
+                  "s_per_iteration_cpu_all_classes": round(cpu / steps * s.data.num_classes / len(classes), 1),
+                  "ipc": s.ipc, "factor": s.factor, "batch_real": s.batch_real,
+                  "chunk_classes": c.chunk, "compiled": bool(c.compiled), "real_images_cached": sum(cache.count.values()),
                   "cache_load_s": round(load_s, 1), "steps": steps, "s_per_iteration_wall": round(wall / steps, 2),
                   "s_per_iteration_cpu": round(cpu / steps, 2),
                   "peak_rss_growth_mib_after_warmup": round(peak / 2**20),
@@ -166,6 +172,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--per-class", type=int, default=40)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--classes", type=int, default=0, help="step: time the first N classes (a worker's slice; "
+                    "the all-classes s/iteration scales it, since a step loops over classes); 0: all")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--note", default="", help="e.g. 'machine loaded by other jobs'")
@@ -176,10 +184,13 @@ def main() -> None:
         row = prepare_rate(Path(args.target), args.size, args.per_class)
     else:
         overrides = list(args.overrides)
-        if args.what == "step" and not any(o.startswith("chunk_classes=") for o in overrides):
-            overrides.append("chunk_classes=1")
-        code, n = (STEP_CHILD, args.steps) if args.what == "step" else (EVAL_CHILD, args.epochs)
-        row = child(code, [args.target, str(n), *overrides])
+        for key, value in (("chunk_classes", "1"), ("compile", "false")) if args.what == "step" else ():
+            if not any(o.startswith(f"{key}=") for o in overrides):
+                overrides.append(f"{key}={value}")  # eager unless asked: compiling takes minutes on a CPU
+        if args.what == "step":
+            row = child(STEP_CHILD, [args.target, str(args.steps), str(args.classes), *overrides])
+        else:
+            row = child(EVAL_CHILD, [args.target, str(args.epochs), *overrides])
     report(args.out, {**stamp, **row})
 
 
