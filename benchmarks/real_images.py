@@ -52,8 +52,8 @@ t0 = time.perf_counter()
 cache = open_class_cache(s.data, classes, device, progress=False)
 load_s = time.perf_counter() - t0
 c = Condenser(s, cache, classes, device)
-c.step()  # warm-up
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # as benchmarks/memory.py: after the cache
+c.step()  # warm-up (its peak is a step's peak: RSS only grows)
 wall, cpu = time.perf_counter(), time.process_time()
 for _ in range(steps):
     c.step()
@@ -67,7 +67,7 @@ print(json.dumps({"preset": preset, "overrides": overrides, "arch": s.encoder.ar
                   "chunk_classes": c.chunk, "compiled": bool(c.compiled), "real_images_cached": sum(cache.count.values()),
                   "cache_load_s": round(load_s, 1), "steps": steps, "s_per_iteration_wall": round(wall / steps, 2),
                   "s_per_iteration_cpu": round(cpu / steps, 2),
-                  "peak_rss_growth_mib_after_warmup": round(peak / 2**20),
+                  "peak_rss_growth_mib_over_the_steps": round(peak / 2**20),
                   "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                   "estimate_step_mib": round(step_bytes(s, c.chunk) / 2**20)}))
 """
