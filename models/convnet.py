@@ -48,3 +48,7 @@ def _convnet(depth: int):
 
 register_model("convnet3")(_convnet(3))
 register_model("convnet4")(_convnet(4))
+# Depth 5 for 128 px (ImageNette/ImageWoof and the other 10-class ImageNet folders): MTT's
+# ConvNetD5, DANCE's and NCFM's `convnet` with depth 5, width 128, instance norm; 128 px ->
+# 4x4 x 128 = 2048 features, as ConvNet-3 gives at 32 px.
+register_model("convnet5")(_convnet(5))

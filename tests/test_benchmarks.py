@@ -145,3 +145,41 @@ def test_count_flops_counts_matmuls_forward_and_the_backward_that_runs():
     assert count_flops(lambda: (a @ b).sum().backward()) == 2 * (2 * 8 * 16 * 4)
     with torch.no_grad():
         assert count_flops(lambda: torch.relu(b)) == 0  # elementwise work is not counted
+
+
+def test_real_images_benchmark_measures_prepare_step_and_eval_on_odd_jpegs(tmp_path):
+    """Photographs as they come: sizes that are not square, a grayscale and a CMYK JPEG."""
+    import numpy as np
+    from PIL import Image
+
+    src, rng = tmp_path / "src", np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for c in ("n01", "n02"):
+            (src / split / c).mkdir(parents=True)
+            for i in range(n):
+                im = Image.fromarray(rng.integers(0, 255, (24, 30 + i, 3), dtype=np.uint8))
+                im = im.convert("L") if i == 1 else im.convert("CMYK") if i == 2 else im
+                im.save(src / split / c / f"{i}.JPEG", quality=90)
+    out = tmp_path / "r.jsonl"
+    bench = [sys.executable, "-m", "benchmarks.real_images"]
+    proc = subprocess.run([*bench, "prepare", str(src), "--size", "16", "--per-class", "4", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert row["images"] == 2 * 4 + 2 * 2 and row["images_per_s_per_core"] > 0
+    assert row["source_shorter_side"] == [24, 24, 24] and row["source_longer_side_min_median_max"][-1] == 33
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "pipeline/prepare.py", str(src), str(data), "--size", "16", "--no-progress"],
+                   check=True, capture_output=True, cwd=REPO, timeout=900)
+    common = ["custom", f"data.root={data}", "ipc=1", "batch_real=4", "--out", str(out)]
+    proc = subprocess.run([*bench, "step", *common, "--steps", "1", "--classes", "1"], capture_output=True, text=True,
+                          cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert row["classes_timed"] == 1 and row["classes"] == 2 and row["s_per_iteration_cpu_all_classes"] >= 0
+    proc = subprocess.run([*bench, "eval", *common, "--epochs", "1"], capture_output=True, text=True, cwd=REPO,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert row["train_images"] == 2 * 4 and row["test_images"] == 4 and row["epochs_per_s_cpu"] > 0
+    assert len(out.read_text().splitlines()) == 3

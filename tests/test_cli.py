@@ -102,7 +102,15 @@ def test_every_dataset_of_the_design_has_a_preset_with_paper_hyperparameters():
         assert cfg.encoder.arch == "resnetap10" and list(cfg.data.image_size) == [224, 224]
 
 
-@pytest.mark.parametrize("preset", ["fashion_mnist", "svhn", "cifar10", "cifar100", "tinyimagenet", "custom"])
+def test_imagewoof_preset_follows_the_128px_subset_protocol_of_dance_and_ncfm():
+    cfg = load_config("imagewoof", ["ipc=1"])
+    assert (cfg.encoder.arch, list(cfg.eval.archs), list(cfg.data.image_size)) == ("convnet5", ["convnet5"], [128, 128])
+    assert (cfg.factor, cfg.batch_real, cfg.iterations, cfg.data.num_classes) == (2, 128, 10000, 10)
+    assert (cfg.eval.recipe, cfg.eval.cutmix_prob, cfg.eval.epochs, cfg.eval.lr) == ("dsa", 0.5, None, 0.01)
+
+
+@pytest.mark.parametrize("preset", ["fashion_mnist", "svhn", "cifar10", "cifar100", "tinyimagenet", "imagewoof",
+                                    "custom"])
 def test_the_default_lr_is_the_ipc_unless_the_command_gives_one(preset):
     data = [] if preset != "custom" else ["data.num_classes=2", "data.channels=1", "data.image_size=[8,8]",
                                            "data.mean=[0.5]", "data.std=[0.5]"]

@@ -49,3 +49,29 @@ def test_eval_compile_auto_compiles_long_evaluations_only(monkeypatch):
     assert compiles("eval.compile=true", "eval.epochs=1")
     monkeypatch.setattr(compute, "can_compile", lambda: False)
     assert not compiles("eval.epochs=5000")
+
+
+def test_the_test_pass_bounds_its_batch_by_pixels_so_224px_sets_fit_in_memory():
+    """1000 images of 224 px through ResNetAP-10 held ~24 GiB at once (more than a 23 GiB
+    machine has): the test forward now takes at most TEST_PIXELS pixels per batch."""
+    from m3d_condense.pipeline.data import LabeledImages
+    from m3d_condense.pipeline.evaluate import TEST_PIXELS, test_accuracy
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append(len(x))
+            return torch.zeros(len(x), 10)
+
+    cfg = load_config("imagenet10", ["ipc=1"])
+    test = LabeledImages(torch.zeros(100, 3, 224, 224, dtype=torch.uint8), torch.zeros(100, dtype=torch.long),
+                         [str(i) for i in range(10)])
+    assert test_accuracy(Recorder(), test, cfg, torch.device("cpu")) == 1.0
+    per = TEST_PIXELS // (224 * 224)
+    assert seen == [per, per, 100 - 2 * per]
+    small = LabeledImages(torch.zeros(1500, 3, 32, 32, dtype=torch.uint8), torch.zeros(1500, dtype=torch.long),
+                          [str(i) for i in range(10)])
+    seen.clear()
+    test_accuracy(Recorder(), small, load_config("cifar10"), torch.device("cpu"))
+    assert seen == [1000, 500]  # 32 px sets keep their 1000 images per forward

@@ -43,7 +43,7 @@ def _integer_shift(src: torch.Tensor, dst: torch.Tensor, max_shift: int) -> tupl
 
 
 @pytest.mark.parametrize("preset", ["digits", "mnist", "fashion_mnist", "svhn", "cifar10", "cifar100", "tinyimagenet",
-                                    "imagenet10", "imagenet100", "imagenet1k", "custom"])
+                                    "imagewoof", "imagenet10", "imagenet100", "imagenet1k", "custom"])
 def test_matching_augmentation_default_is_the_released_color_crop_cutout(preset):
     spec = OmegaConf.to_object(compose_config(preset).augment)  # custom: before a manifest completes it
     assert spec == AugmentConfig() and (spec.flip, spec.color, spec.geometric, spec.cutout) == (False, True, ["crop"], True)

@@ -13,6 +13,15 @@ def test_convnet3_feature_dim_follows_the_reference(size, channels, dim):
     assert net(torch.rand(2, channels, *size)).shape == (2, 10)
 
 
+def test_convnet5_at_128px_gives_2048_features_like_the_released_convnetd5():
+    net = create_model("convnet5", 3, 10, (128, 128))
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in net.features if isinstance(m, torch.nn.GroupNorm)]
+    assert len(convs) == 5 and all(n.num_groups == n.num_channels == 128 for n in norms)
+    assert net.embed(torch.rand(2, 3, 128, 128)).shape == (2, 2048)
+    assert net(torch.rand(2, 3, 128, 128)).shape == (2, 10)
+
+
 def test_convnet_takes_any_size_and_width():
     net = create_model("convnet3", 3, 7, (20, 36), width=16)
     assert net(torch.rand(3, 3, 20, 36)).shape == (3, 7)
