@@ -152,7 +152,7 @@ def test_checkpoint_formula_matches_a_slice_the_worker_writes(tmp_path):
     cfg = load_config("digits", ["iterations=25", "log_every=10", "checkpoint_every=20", "ipc=2", "encoder.width=16",
                                  "batch_real=16", "compile=false", "device=cpu"])
     worker = ClassWorker(cfg, [3, 4, 5], str(tmp_path / "run"))
-    rel = worker.run_until(20, checkpoint=True)["checkpoint"]
+    rel = worker.run_until(20, checkpoint=True).checkpoint
     size = (tmp_path / "run" / rel).stat().st_size
     rows_logged = cm.logged_rows(cfg, 20)
     assert rows_logged == len(torch.load(tmp_path / "run" / rel, weights_only=True)["losses"]) == 2

@@ -62,12 +62,12 @@ def test_each_actor_holds_its_own_gpu_with_a_distinct_cuda_visible_devices(fake_
     cfg = _digits(fake_gpus, "workers=2", "backend=ray", f"out_dir={tmp_path}")
     cache = RayWorkers(cfg, split_classes(10, 2), str(tmp_path / "run"))
     try:
-        infos = cache.call("info")
+        infos = cache.info()
     finally:
         cache.stop()
-    ids = [i["gpu_ids"] for i in infos]
+    ids = [i.gpu_ids for i in infos]
     assert all(len(i) == 1 for i in ids) and ids[0] != ids[1], ids
-    assert sorted(i["cuda_visible_devices"] for i in infos) == sorted(i[0] for i in ids)  # what torch would see
+    assert sorted(i.cuda_visible_devices for i in infos) == sorted(i[0] for i in ids)  # what torch would see
 
 
 @pytest.fixture(scope="module")
