@@ -3,13 +3,13 @@ under one import name (``pip install`` maps the folders with setuptools' ``packa
 nothing generic such as ``models`` or ``pipeline`` lands in site-packages.
 
 The library API is importable from here: ``from m3d_condense import condense, evaluate,
-SyntheticSet`` (``pipeline/api.py``, ``pipeline/synthetic.py``). Names are
+SyntheticSet`` (``pipeline/api.py``, ``pipeline/results/synthetic.py``). Names are
 resolved on first use, so ``import m3d_condense.kernels`` stays as light as it was.
 """
 from importlib import import_module
 from typing import Any
 
-_API = {"SyntheticSet": "m3d_condense.pipeline.synthetic", "condense": "m3d_condense.pipeline.api",
+_API = {"SyntheticSet": "m3d_condense.pipeline.results.synthetic", "condense": "m3d_condense.pipeline.api",
         "evaluate": "m3d_condense.pipeline.api"}
 __all__ = sorted(_API)
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from benchmarks.record import append, git_commit
 from m3d_condense.pipeline.cli import run
-from m3d_condense.pipeline.config import NAMED_METHODS, load_config
+from m3d_condense.pipeline.config.loader import load_config
+from m3d_condense.pipeline.config.schema import NAMED_METHODS
 
 
 def main() -> None:

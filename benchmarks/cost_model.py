@@ -45,13 +45,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from benchmarks.flops import count_flops
 from benchmarks.record import git_commit, machine
 from m3d_condense.models import create_model
-from m3d_condense.pipeline.backend import split_classes
-from m3d_condense.pipeline.config import RunConfig, compose_config, to_run_config
+from m3d_condense.pipeline.config.loader import compose_config, to_run_config
+from m3d_condense.pipeline.config.schema import RunConfig
 from m3d_condense.pipeline.data import ClassCache
 from m3d_condense.pipeline.data.dataset import DEVICE_CACHE_FRACTION
-from m3d_condense.pipeline.engine import Condenser, build_encoder
-from m3d_condense.pipeline.evaluate import eval_epochs
-from m3d_condense.pipeline.memory import HEADROOM, activation_bytes_per_image, step_bytes
+from m3d_condense.pipeline.evaluation.training import eval_epochs
+from m3d_condense.pipeline.method.engine import Condenser, build_encoder
+from m3d_condense.pipeline.method.memory import HEADROOM, activation_bytes_per_image, step_bytes
+from m3d_condense.pipeline.orchestration.groups import split_classes
 
 GiB, GB = 2**30, 1e9
 DEFAULT_OUT = Path(__file__).parent / "results" / "cost_model.json"
@@ -259,7 +260,7 @@ def checkpoint_bytes(classes: int, ipc: int, pixels: int, loss_rows: int) -> int
 
 
 def logged_rows(cfg: RunConfig, until: int) -> int:
-    """Loss-history rows a worker holds at iteration ``until`` (engine.condense: every
+    """Loss-history rows a worker holds at iteration ``until`` (engine.step_until: every
     ``log_every``-th iteration and the run's last one)."""
     return sum(1 for t in range(until) if t % cfg.log_every == 0 or t + 1 == cfg.iterations)
 

@@ -21,10 +21,10 @@ from torch.nn import functional as F
 
 from benchmarks.record import RESULTS as RESULTS_DIR
 from benchmarks.record import machine, report
-from m3d_condense.pipeline.config import DataConfig, EncoderConfig, RunConfig
+from m3d_condense.pipeline.config.schema import DataConfig, EncoderConfig, RunConfig
 from m3d_condense.pipeline.data import ClassCache, ClassShardReader, StreamingClassCache
 from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
-from m3d_condense.pipeline.engine import Condenser
+from m3d_condense.pipeline.method.engine import Condenser
 
 RESULTS = RESULTS_DIR / "data_throughput.jsonl"
 

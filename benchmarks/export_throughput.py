@@ -31,8 +31,8 @@ import torch
 from benchmarks.record import RESULTS, machine, report
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.data.shards import encode_image
-from m3d_condense.pipeline.export import decoded_uint8, export
-from m3d_condense.pipeline.synthetic import SyntheticSet
+from m3d_condense.pipeline.results.export import decoded_uint8, export
+from m3d_condense.pipeline.results.synthetic import SyntheticSet
 
 FACTOR = 2
 

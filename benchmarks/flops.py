@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from m3d_condense.pipeline.compute import synchronize
+from m3d_condense.pipeline.method.compute import synchronize
 
 
 class _FlopCounter(TorchDispatchMode):

@@ -77,13 +77,13 @@ from benchmarks.flops import count_flops, measured_peaks
 from benchmarks.record import git_commit
 from benchmarks.speed_vs_reference import EvalLoop, compare, random_dataset, with_eval
 from m3d_condense.pipeline.cli import run as run_preset
-from m3d_condense.pipeline.compute import can_compile, synchronize
-from m3d_condense.pipeline.config import DataConfig, RunConfig, load_config
+from m3d_condense.pipeline.config.loader import load_config
+from m3d_condense.pipeline.config.schema import DataConfig, RunConfig
 from m3d_condense.pipeline.data import ClassCache, LabeledImages, open_class_cache
 from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
-from m3d_condense.pipeline.engine import Condenser
-from m3d_condense.pipeline.evaluate import train_and_test
-from m3d_condense.pipeline.worker import pick_device
+from m3d_condense.pipeline.evaluation.training import train_and_test
+from m3d_condense.pipeline.method.compute import can_compile, pick_device, synchronize
+from m3d_condense.pipeline.method.engine import Condenser
 
 PARTS = ("correctness", "speed_cifar10", "speed_imagenet100", "eval_speed", "protocol")
 MODES = {"fp32": {}, "bf16": {"precision": "bf16"}, "compiled_bf16": {"compile": True, "precision": "bf16"},

@@ -14,7 +14,7 @@ C="$DATA iterations=50 batch_real=64"
 IPC1="eval.runs=1 eval.epochs=300 eval.test_every=300"
 
 dataset() {
-  local G="python -m benchmarks.reproduce --presets $1 --out $OUT"
+  local G="python pipeline/grid.py --presets $1 --out $OUT"
   $G --ipc 1 --seeds 0,1,2 $C $IPC1
   $G --ipc 1 --methods dm:lr=0.01 --seeds 0,1,2 $C $IPC1
   $G --ipc 10 --seeds 0,1,2 $C eval.runs=1 eval.epochs=50 eval.test_every=50
@@ -27,5 +27,5 @@ export OMP_NUM_THREADS=1
 dataset mnist > "$OUT.mnist.log" 2>&1 &
 dataset fashion_mnist > "$OUT.fashion_mnist.log" 2>&1 &
 wait
-python -m benchmarks.reproduce --presets mnist --ipc 1 --methods whole --seeds 0 --out "$OUT" \
+python pipeline/grid.py --presets mnist --ipc 1 --methods whole --seeds 0 --out "$OUT" \
   $DATA eval.runs=1 eval.epochs=1 eval.test_every=1   # all cells done: rewrites the report, prints the tables

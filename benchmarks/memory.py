@@ -1,5 +1,5 @@
 """Peak memory of one worker's condensation step vs classes, IPC and resolution, measured
-beside the engine's estimate (pipeline/memory.py), which decides chunking and refusals.
+beside the engine's estimate (pipeline/method/memory.py), which decides chunking and refusals.
 
     python -m benchmarks.memory [--device auto]
 
@@ -22,10 +22,10 @@ CONFIGS = [(c, ipc, size) for size in (32, 64) for ipc in (1, 10) for c in (5, 1
 CHILD = """
 import resource, sys, json, torch
 from benchmarks.speed_vs_reference import random_dataset
-from m3d_condense.pipeline.config import DataConfig, EncoderConfig, RunConfig
+from m3d_condense.pipeline.config.schema import DataConfig, EncoderConfig, RunConfig
 from m3d_condense.pipeline.data import ClassCache
-from m3d_condense.pipeline.engine import Condenser
-from m3d_condense.pipeline.memory import step_bytes
+from m3d_condense.pipeline.method.engine import Condenser
+from m3d_condense.pipeline.method.memory import step_bytes
 classes, ipc, size, device = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), torch.device(sys.argv[4])
 data = DataConfig(num_classes=classes, channels=3, image_size=[size, size], mean=[0.5] * 3, std=[0.25] * 3)
 s = RunConfig(ipc=ipc, factor=2, batch_real=128, compile=False, chunk_classes=classes,

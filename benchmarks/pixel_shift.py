@@ -14,11 +14,12 @@ import statistics
 
 import torch
 
-from m3d_condense.pipeline.config import named_method, read_config
+from m3d_condense.pipeline.config.loader import read_config
+from m3d_condense.pipeline.config.schema import named_method
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.data.dataset import open_class_cache
-from m3d_condense.pipeline.engine import initial_images
-from m3d_condense.pipeline.synthetic import SyntheticSet, is_stored
+from m3d_condense.pipeline.method.engine import initial_images
+from m3d_condense.pipeline.results.synthetic import SyntheticSet, is_stored
 
 
 def run_shift(run_url: str, caches: dict) -> tuple[tuple, float] | None:

@@ -8,7 +8,7 @@ Every loop runs the same settings, data (random uint8 images of the given shape:
 not depend on content), encoders and random draws. The loops take turns in one process
 (``--rounds`` rounds of ``--iterations`` steps each, after one warm-up step, and compiling,
 outside the timing) and each speed is the median over rounds, so machine noise hits all of
-them alike. The reference is ``benchmarks/reference_loop.py`` (the released loop's structure).
+them alike. The reference is ``tests/reference_loop.py`` (the released loop's structure).
 Modes of ours: eager fp32, compiled fp32, compiled bf16 (``--modes``).
 
 FLOPs are matmul/convolution FLOPs of one step (``benchmarks/flops.py``); the reference does
@@ -38,12 +38,12 @@ import time
 import torch
 
 from benchmarks.flops import count_flops, measured_peaks
-from benchmarks.reference_loop import ReferenceLoop
-from m3d_condense.pipeline.compute import synchronize
-from m3d_condense.pipeline.config import DataConfig, EncoderConfig, EvalConfig, RunConfig
+from m3d_condense.pipeline.config.schema import DataConfig, EncoderConfig, EvalConfig, RunConfig
 from m3d_condense.pipeline.data import ClassCache, LabeledImages
-from m3d_condense.pipeline.engine import Condenser
-from m3d_condense.pipeline.evaluate import train_and_test
+from m3d_condense.pipeline.evaluation.training import train_and_test
+from m3d_condense.pipeline.method.compute import synchronize
+from m3d_condense.pipeline.method.engine import Condenser
+from tests.reference_loop import ReferenceLoop  # the test oracle (tests/), run from the repository root
 
 MODES = {"eager": dict(compile=False), "compiled": dict(compile=True),
          "compiled_bf16": dict(compile=True, precision="bf16")}  # changes of the run config

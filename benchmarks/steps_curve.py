@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.record import RESULTS, append, git_commit, machine
-from m3d_condense.pipeline.config import NAMED_METHODS, load_config
+from m3d_condense.pipeline.config.loader import load_config
+from m3d_condense.pipeline.config.schema import NAMED_METHODS
 from m3d_condense.pipeline.data.dataset import open_class_cache
-from m3d_condense.pipeline.driver import evaluate_set
-from m3d_condense.pipeline.engine import Condenser
 from m3d_condense.pipeline.logs import setup_logging
-from m3d_condense.pipeline.synthetic import SyntheticSet
+from m3d_condense.pipeline.method.engine import Condenser
+from m3d_condense.pipeline.orchestration.driver import run_evaluations
+from m3d_condense.pipeline.results.synthetic import SyntheticSet
 
 PROGRESS_EVERY = 50  # iterations between progress lines
 
@@ -49,7 +50,7 @@ def trajectory(preset: str, method: str, steps: list[int], overrides: list[str],
         print(f"[steps] {method} {target}: evaluating ({cfg.eval.runs} x {cfg.eval.epochs} epochs)",
               file=sys.stderr, flush=True)
         current = SyntheticSet(condenser.images.detach().cpu(), labels, cfg.factor, cache.class_names)
-        evals, _ = evaluate_set(cfg, current, "local", torch.device("cpu"), progress=False)
+        evals, _ = run_evaluations(cfg, current, "local", torch.device("cpu"), progress=False)
         accs = evals[0]["runs"]
         row = {"preset": preset, "method": method, "steps": target, "lr": cfg.lr, "ipc": cfg.ipc,
                "accuracy_mean": statistics.fmean(accs), "accuracy_runs": accs,

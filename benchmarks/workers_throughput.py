@@ -21,7 +21,7 @@ import torch
 from benchmarks.record import RESULTS as RESULTS_DIR
 from benchmarks.record import machine, report
 from m3d_condense.pipeline.cli import run
-from m3d_condense.pipeline.config import load_config
+from m3d_condense.pipeline.config.loader import load_config
 
 RESULTS = RESULTS_DIR / "workers_throughput.jsonl"
 

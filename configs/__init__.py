@@ -1,3 +1,3 @@
 """Preset YAMLs, shipped as package data so Hydra finds them wherever run.py lives. Each one
 lists ``base`` first in its defaults: the schema of every key, ``RunConfig`` in
-pipeline/config.py, which registers it under that name. A preset only overrides it."""
+pipeline/config/schema.py, which pipeline/config/loader.py registers under that name. A preset only overrides it."""

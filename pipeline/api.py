@@ -1,5 +1,5 @@
 """The library API: condense any dataset from Python, and evaluate any training set under our
-protocol. Both run exactly what the command line runs (``pipeline/driver.py``).
+protocol. Both run exactly what the command line runs (``pipeline/orchestration/driver.py``).
 
     from m3d_condense import condense, evaluate
     syn = condense(train_dataset, ipc=10, test_dataset=test_dataset, iterations=1000)
@@ -16,18 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from m3d_condense.pipeline.config import ConfigError, hydra_overrides, load_config
+from m3d_condense.pipeline.config.loader import hydra_overrides, load_config, training_config
+from m3d_condense.pipeline.config.schema import ConfigError
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.data.arrays import dataset_arrays, labeled_split
 from m3d_condense.pipeline.data.manifest import FILENAME
 from m3d_condense.pipeline.data.sources import arrays_source
 from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
-from m3d_condense.pipeline.driver import evaluate_set, run_pipeline
 from m3d_condense.pipeline.errors import RunError
 from m3d_condense.pipeline.logs import log, setup_logging
-from m3d_condense.pipeline.synthetic import SyntheticSet, is_stored
-from m3d_condense.pipeline.train_batches import training_config
-from m3d_condense.pipeline.worker import pick_device
+from m3d_condense.pipeline.method.compute import pick_device
+from m3d_condense.pipeline.orchestration.driver import run_evaluations, run_pipeline
+from m3d_condense.pipeline.results.synthetic import SyntheticSet, is_stored
 
 
 def condense(dataset: Any, ipc: int = 10, *, test_dataset: Any = None, preset: str = "custom",
@@ -95,7 +95,7 @@ def evaluate(train: Any, test: Any, *, preset: str = "custom", archs: list[str] 
     evals = {k: v for k, v in (("archs", archs), ("runs", runs), ("epochs", epochs)) if v is not None}
     args = hydra_overrides({"seed": seed, "device": device, "eval": evals}) + hydra_overrides(overrides)
     cfg = training_config(preset, train_set, args, fallback_stats=test_stats)
-    evals, _ = evaluate_set(cfg, train_set, "local", pick_device(cfg.device), progress, test=test_images)
+    evals, _ = run_evaluations(cfg, train_set, "local", pick_device(cfg.device), progress, test=test_images)
     return evals
 
 

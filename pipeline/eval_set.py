@@ -18,7 +18,7 @@ import json
 import sys
 
 from m3d_condense.pipeline.api import evaluate
-from m3d_condense.pipeline.errors import RunError
+from m3d_condense.pipeline.errors import RunError, command
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,14 +33,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_intermixed_args(argv)
-    try:
-        overrides = dict(_split(o) for o in a.overrides)
-        records = evaluate(a.train, a.test, preset=a.preset, progress=not a.no_progress, **overrides)
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    overrides = dict(_split(o) for o in a.overrides)
+    records = evaluate(a.train, a.test, preset=a.preset, progress=not a.no_progress, **overrides)
     for r in records:
         print(f"{r['arch']}: {100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}% "
               f"({len(r['runs'])} runs, {r['epochs']} epochs, last epoch)")

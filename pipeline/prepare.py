@@ -12,9 +12,9 @@ import sys
 # Run as a script, Python puts pipeline/ first on sys.path. That is harmless: everything is
 # imported as m3d_condense.*, and no module in pipeline/ has the name of a standard or installed
 # top-level module (tests/test_packaging.py checks both).
-from m3d_condense.pipeline.data import ManifestError, ShardError, StorageError
-from m3d_condense.pipeline.data.sources import LAYOUTS, SourceError
+from m3d_condense.pipeline.data.sources import LAYOUTS
 from m3d_condense.pipeline.data.writer import FORMATS, PrepareOptions, prepare
+from m3d_condense.pipeline.errors import command
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,16 +38,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     opts = PrepareOptions(splits=tuple(a.splits) if a.splits else None, size=a.size, image_format=a.image_format,
                           quality=a.quality, shard_size=a.shard_size, class_list=a.class_list,
                           class_names=a.class_names, workers=a.workers, progress=not a.no_progress)
-    try:
-        prepare(a.source, a.dest, opts, log=lambda m: print(f"[prepare] {m}", file=sys.stderr, flush=True))
-    except (SourceError, ShardError, ManifestError, StorageError, FileNotFoundError, PermissionError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    prepare(a.source, a.dest, opts, log=lambda m: print(f"[prepare] {m}", file=sys.stderr, flush=True))
     return 0
 
 

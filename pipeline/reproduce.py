@@ -18,10 +18,10 @@ import argparse
 import os
 import sys
 
-from m3d_condense.pipeline import paper
 from m3d_condense.pipeline.data import storage
-from m3d_condense.pipeline.errors import RunError
+from m3d_condense.pipeline.errors import command
 from m3d_condense.pipeline.logs import setup_logging
+from m3d_condense.pipeline.results import paper
 
 DEFAULT_OUT = os.path.join("~", "m3d-paper")
 
@@ -52,6 +52,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     a, extra = p.parse_known_args(argv)  # overrides may come before, between or after the options
@@ -60,23 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     a.overrides = [*getattr(a, "overrides", []), *extra]
     setup_logging()
-    try:
-        if a.command == "table":
-            rows = paper.read_rows(*(os.path.expanduser(d) for d in a.dirs))
-            print(paper.table_markdown(rows) if rows else f"no rows recorded under {', '.join(a.dirs)}")
-            return 0
-        cell = paper.Cell(a.preset, a.ipc, a.method, a.runs, a.select_every, list(a.overrides))
-        out = os.path.expanduser(a.out)
-        if a.command == "cell":
-            paper.run_cell(cell, out, progress=not a.no_progress)
-        elif a.command == "select":
-            cfg = cell.config(out)
-            paper.score_snapshots(cfg, storage.join(cfg.out_dir, cfg.run_name), cell.select_every, not a.no_progress, a.follow)
-        else:
-            paper.publish_cell(cell, out, a.dest, a.eval_runs, progress=not a.no_progress)
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if a.command == "table":
+        rows = paper.read_rows(*(os.path.expanduser(d) for d in a.dirs))
+        print(paper.table_markdown(rows) if rows else f"no rows recorded under {', '.join(a.dirs)}")
+        return 0
+    cell = paper.Cell(a.preset, a.ipc, a.method, a.runs, a.select_every, list(a.overrides))
+    out = os.path.expanduser(a.out)
+    if a.command == "cell":
+        paper.run_cell(cell, out, progress=not a.no_progress)
+    elif a.command == "select":
+        cfg = cell.config(out)
+        paper.score_snapshots(cfg, storage.join(cfg.out_dir, cfg.run_name), cell.select_every, not a.no_progress, a.follow)
+    else:
+        paper.publish_cell(cell, out, a.dest, a.eval_runs, progress=not a.no_progress)
     return 0
 
 

@@ -4,7 +4,7 @@ import statistics
 import pytest
 
 from m3d_condense.pipeline.cli import run
-from m3d_condense.pipeline.config import load_config
+from m3d_condense.pipeline.config.loader import load_config
 
 SMALL = ["iterations=60", "eval.runs=2", "eval.epochs=80", "eval.test_every=80", "diagnostics.moments=false"]
 SEEDS = (0, 1)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from m3d_condense import SyntheticSet, condense, evaluate
-from m3d_condense.pipeline.config import ConfigError
+from m3d_condense.pipeline.config.schema import ConfigError
 from m3d_condense.pipeline.data.arrays import DatasetFormatError, dataset_arrays
 
 FAST = {"iterations": 3, "batch_real": 4, "encoder": {"width": 8}, "log_every": 1, "diagnostics": {"moments": False}}

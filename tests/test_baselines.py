@@ -4,12 +4,12 @@ import json
 import torch
 from conftest import synthetic_classes
 
-from m3d_condense.pipeline.baselines import herding, herding_order
 from m3d_condense.pipeline.cli import main
-from m3d_condense.pipeline.config import DataConfig, EncoderConfig, RunConfig
+from m3d_condense.pipeline.config.schema import DataConfig, EncoderConfig, RunConfig
 from m3d_condense.pipeline.data import ClassCache
-from m3d_condense.pipeline.diagnostics import moment_report
-from m3d_condense.pipeline.synthetic import SyntheticSet, is_stored
+from m3d_condense.pipeline.method.baselines import herding, herding_order
+from m3d_condense.pipeline.method.diagnostics import moment_report
+from m3d_condense.pipeline.results.synthetic import SyntheticSet, is_stored
 
 TINY = RunConfig(data=DataConfig(num_classes=4, channels=1, image_size=[12, 12], mean=[0.4], std=[0.25]),
                  encoder=EncoderConfig(width=16))
@@ -59,7 +59,7 @@ def test_herding_method_and_moment_diagnostics_in_a_run(tmp_path):
 
 
 def test_whole_method_trains_on_every_training_image_and_stores_no_copy(tmp_path):
-    from m3d_condense.pipeline.config import load_config
+    from m3d_condense.pipeline.config.loader import load_config
     from m3d_condense.pipeline.data.dataset import load_split
 
     common = [f"out_dir={tmp_path}", "run_name=w", "method=whole", "eval.runs=1", "eval.epochs=1", "encoder.width=16"]

@@ -1,9 +1,9 @@
-"""pipeline/checkpoint.py: what a resume reads, and the run state in run.json."""
+"""pipeline/orchestration/run_store.py: what a resume reads, and the run state in run.json."""
 import torch
 
-from m3d_condense.pipeline import checkpoint
-from m3d_condense.pipeline.checkpoint import RunState, RunStore, slice_classes
-from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.config.schema import RunConfig
+from m3d_condense.pipeline.orchestration import run_store as checkpoint
+from m3d_condense.pipeline.orchestration.run_store import RunState, RunStore, slice_classes
 
 IPC = 2
 
@@ -18,7 +18,7 @@ def _slice(classes: list[int]) -> dict:
 def test_a_worker_reads_only_the_slices_that_hold_its_classes_whatever_the_new_split(tmp_path, monkeypatch):
     store = RunStore(str(tmp_path))
     splits = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
-    rels = [store.save_slice(6, s, _slice(s)) for s in splits]
+    rels = [store.write_checkpoint_slice(6, s, _slice(s)) for s in splits]
     state = RunState.new(RunConfig())
     store.record_checkpoint(state, 6, rels)
     sizes = {rel: (tmp_path / rel).stat().st_size for rel in rels}

@@ -4,7 +4,8 @@ import pytest
 import torch
 from conftest import synthetic_classes, write_npz
 
-from m3d_condense.pipeline.config import ConfigError, DataConfig, load_config
+from m3d_condense.pipeline.config.loader import load_config
+from m3d_condense.pipeline.config.schema import ConfigError, DataConfig
 from m3d_condense.pipeline.data import ClassCache, StreamingClassCache, open_class_cache
 from m3d_condense.pipeline.data.dataset import cache_tier
 from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
@@ -41,8 +42,8 @@ def test_cached_and_streaming_pools_draw_identical_batches(tmp_path):
 def test_a_worker_whose_classes_fall_back_to_streaming_says_so(tmp_path):
     """cache=auto streams from the shards when a worker's classes do not fit; that is slow, so
     the worker warns (the driver shows its warnings), unless the user chose data.cache=stream."""
-    from m3d_condense.pipeline.config import load_config
-    from m3d_condense.pipeline.worker import ClassWorker
+    from m3d_condense.pipeline.config.loader import load_config
+    from m3d_condense.pipeline.orchestration.worker import ClassWorker
 
     write_npz(tmp_path / "src", "train", synthetic_classes(num_classes=3, per_class=8))
     prepare(str(tmp_path / "src"), str(tmp_path / "ds"), PrepareOptions(progress=False), log=lambda m: None)

@@ -10,8 +10,9 @@ from conftest import REPO, SHARED_DATA, synthetic_classes, write_npz
 from PIL import Image
 
 from m3d_condense.pipeline.cli import main
-from m3d_condense.pipeline.config import NAMED_METHODS, ConfigError, list_presets, load_config
-from m3d_condense.pipeline.synthetic import SyntheticSet, is_stored
+from m3d_condense.pipeline.config.loader import list_presets, load_config
+from m3d_condense.pipeline.config.schema import NAMED_METHODS, ConfigError
+from m3d_condense.pipeline.results.synthetic import SyntheticSet, is_stored
 
 RUN = REPO / "pipeline" / "run.py"
 FAST = ["iterations=6", "eval.runs=1", "eval.epochs=2", "eval.test_every=1", "log_every=2", "workers=1"]
@@ -210,7 +211,7 @@ def yaml_config(path):
 
 
 def test_one_worker_runs_in_process_without_a_ray_cluster(monkeypatch):
-    from m3d_condense.pipeline import backend
+    from m3d_condense.pipeline.orchestration import groups as backend
 
     assert backend.ray_cluster_running("10.0.0.1:6379")  # a named cluster counts without connecting
     cfg = load_config("mnist")  # workers: null, backend: auto
@@ -223,7 +224,7 @@ def test_a_stale_ray_session_file_is_not_a_running_cluster(tmp_path, monkeypatch
     Nothing must try to connect there (Ray's connect waits a minute before giving up)."""
     import socket
 
-    from m3d_condense.pipeline import backend
+    from m3d_condense.pipeline.orchestration import groups as backend
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delitem(sys.modules, "ray", raising=False)  # as in a fresh driver: not connected to any Ray yet

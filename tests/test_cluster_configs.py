@@ -6,7 +6,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from m3d_condense.pipeline.config import compose_config, to_run_config
+from m3d_condense.pipeline.config.loader import compose_config, to_run_config
 
 CLUSTER = REPO / "cluster"
 

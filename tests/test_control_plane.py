@@ -1,7 +1,7 @@
 """ImageNet-1K's class count through the whole control plane on this machine: 1000 classes of tiny
 images, 8 Ray workers on a two-node local cluster, a killed driver resumed, a lost node, and an
-evaluation (benchmarks/control_plane.py, at a size CI runs in minutes)."""
-from benchmarks.control_plane import measure
+evaluation (tests/control_plane.py, at a size CI runs in minutes)."""
+from control_plane import measure  # tests/control_plane.py
 
 
 def test_a_1000_class_run_on_8_workers_resumes_and_survives_a_lost_node_with_the_same_set(tmp_path):
@@ -13,4 +13,3 @@ def test_a_1000_class_run_on_8_workers_resumes_and_survives_a_lost_node_with_the
     # Each worker read its own slices: together about one checkpoint, not eight.
     assert 0 < resume["resume_read_bytes"] <= 1.05 * resume["checkpoint_bytes"]
     assert node["actors_on_lost_node"] >= 1 and node["worker_restarts"] >= node["actors_on_lost_node"]
-    assert 0 <= node["accuracy"] <= 1

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from benchmarks import cost_model as cm
-from m3d_condense.pipeline.config import compose_config, to_run_config
+from m3d_condense.pipeline.config.loader import compose_config, to_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 # A small shape of the ImageNet presets (the real ones are counted by the full run below).
@@ -81,7 +81,7 @@ def test_flops_are_linear_in_classes_and_grow_with_ipc(model):
 def test_meta_flop_count_equals_a_counted_cpu_step_at_a_small_shape():
     from benchmarks.flops import count_flops
     from m3d_condense.pipeline.data import ClassCache
-    from m3d_condense.pipeline.engine import Condenser
+    from m3d_condense.pipeline.method.engine import Condenser
 
     cfg = small_config("chunk_classes=3")  # one forward for all classes: no chunk timing in the step
     per_class = 12
@@ -146,13 +146,13 @@ def test_checkpoint_size_equals_images_and_momentum_in_fp32_plus_the_loss_histor
 
 
 def test_checkpoint_formula_matches_a_slice_the_worker_writes(tmp_path):
-    from m3d_condense.pipeline.config import load_config
-    from m3d_condense.pipeline.worker import ClassWorker
+    from m3d_condense.pipeline.config.loader import load_config
+    from m3d_condense.pipeline.orchestration.worker import ClassWorker
 
     cfg = load_config("digits", ["iterations=25", "log_every=10", "checkpoint_every=20", "ipc=2", "encoder.width=16",
                                  "batch_real=16", "compile=false", "device=cpu"])
     worker = ClassWorker(cfg, [3, 4, 5], str(tmp_path / "run"))
-    rel = worker.run_until(20, checkpoint=True)["checkpoint"]
+    rel = worker.run_until(20, checkpoint=True).checkpoint
     size = (tmp_path / "run" / rel).stat().st_size
     rows_logged = cm.logged_rows(cfg, 20)
     assert rows_logged == len(torch.load(tmp_path / "run" / rel, weights_only=True)["losses"]) == 2
@@ -161,7 +161,7 @@ def test_checkpoint_formula_matches_a_slice_the_worker_writes(tmp_path):
 
 
 def test_chunk_rule_is_memory_classes_per_forward(monkeypatch):
-    from m3d_condense.pipeline import memory
+    from m3d_condense.pipeline.method import memory
 
     cfg = small_config()
     one = memory.step_bytes(cfg, 1)
@@ -189,7 +189,7 @@ def test_cache_tier_rule_is_dataset_cache_tier(monkeypatch):
 
 
 def test_driver_stops_and_checkpoints_follow_the_drivers_schedule():
-    from m3d_condense.pipeline.driver import _next_stop
+    from m3d_condense.pipeline.orchestration.driver import _next_stop
 
     for extra in ((), ("checkpoint_every=0",), ("checkpoint_every=300", "log_every=7")):
         cfg = small_config(*extra, "iterations=1000")

@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from m3d_condense.pipeline.export import export
-from m3d_condense.pipeline.synthetic import SyntheticSet
+from m3d_condense.pipeline.results.export import export
+from m3d_condense.pipeline.results.synthetic import SyntheticSet
 
 ddranking = pytest.importorskip(
     "ddranking", reason="DD-Ranking is not installed (pip install ddranking; it needs numpy<2, so it lives in an "

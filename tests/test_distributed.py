@@ -13,7 +13,7 @@ import torch
 from conftest import RAY_ENV, REPO, synthetic_classes, write_npz
 
 from m3d_condense.pipeline.cli import main
-from m3d_condense.pipeline.synthetic import SyntheticSet, is_stored
+from m3d_condense.pipeline.results.synthetic import SyntheticSet, is_stored
 
 TINY = ["encoder.width=16", "batch_real=16", "eval.runs=0", "log_every=5", "device=cpu"]
 
@@ -166,8 +166,8 @@ def test_a_failing_worker_is_reported_with_its_classes_and_error(ray_head, tmp_p
 
 def test_workers_store_their_own_slices_and_evaluation_tasks_read_the_set_without_the_driver(
         ray_head, tmp_path, monkeypatch):
-    from m3d_condense.pipeline import driver
     from m3d_condense.pipeline.data import storage
+    from m3d_condense.pipeline.orchestration import driver
 
     read_here = []  # what this process (the driver) reads; actors and tasks are other processes
     real_read = storage.read_bytes

@@ -1,15 +1,15 @@
-"""pipeline/engine.py: the batched engine against the released loop's semantics."""
+"""pipeline/method/engine.py: the batched engine against the released loop's semantics."""
 import dataclasses
 
 import pytest
 import torch
 from conftest import synthetic_classes
+from reference_loop import ReferenceLoop  # tests/reference_loop.py, the oracle beside the tests
 
-from benchmarks.reference_loop import ReferenceLoop
 from m3d_condense.kernels import mmd2
-from m3d_condense.pipeline.config import DataConfig, EncoderConfig, RunConfig
+from m3d_condense.pipeline.config.schema import DataConfig, EncoderConfig, RunConfig
 from m3d_condense.pipeline.data import ClassCache
-from m3d_condense.pipeline.engine import Condenser, build_encoder, condense
+from m3d_condense.pipeline.method.engine import Condenser, build_encoder, step_until
 
 
 def settings(**kw) -> RunConfig:
@@ -97,12 +97,12 @@ def test_state_dict_resume_continues_exactly(tiny_data):
     s = settings()
     cache = ClassCache.from_labeled(tiny_data, range(4))
     straight = Condenser(s, cache, range(4))
-    condense(straight, 6)
+    step_until(straight, 6)
     first = Condenser(s, cache, range(4))
-    condense(first, 3)
+    step_until(first, 3)
     resumed = Condenser(s, cache, range(4))
     resumed.load_state_dict(first.state_dict())
-    condense(resumed, 6)
+    step_until(resumed, 6)
     assert resumed.iteration == 6
     assert torch.equal(resumed.images, straight.images)
     with pytest.raises(ValueError, match="classes"):
@@ -114,7 +114,7 @@ def test_condensation_lowers_the_mmd(tiny_data):
     # 12 px images take without overshooting (the default lr = ipc = 2 raises their loss)
     ours = Condenser(s, ClassCache.from_labeled(tiny_data, range(4)), range(4))
     before = ours.class_losses(ours.images, 0).mean().item()
-    condense(ours, 30)
+    step_until(ours, 30)
     assert ours.class_losses(ours.images, 0).mean().item() < 0.9 * before  # finite-sample floor stays
 
 
@@ -159,7 +159,7 @@ def test_chunked_forwards_give_the_same_synthetic_set(tiny_data, mode):
 
 
 def test_chunk_candidates_are_divisors_up_to_the_memory_bound_spread_on_a_log_scale():
-    from m3d_condense.pipeline.engine import chunk_candidates
+    from m3d_condense.pipeline.method.engine import chunk_candidates
 
     assert chunk_candidates(10, 10) == [1, 2, 5, 10]
     assert chunk_candidates(10, 4) == [1, 2]  # 4 would leave a ragged chunk (another compiled shape)
@@ -168,7 +168,7 @@ def test_chunk_candidates_are_divisors_up_to_the_memory_bound_spread_on_a_log_sc
 
 
 def test_auto_chunk_times_each_candidate_once_per_shape_and_keeps_the_fastest(tiny_data, monkeypatch):
-    from m3d_condense.pipeline import engine
+    from m3d_condense.pipeline.method import engine
 
     monkeypatch.setattr(engine, "_TUNED_CHUNKS", {})
     sizes = []
@@ -193,7 +193,7 @@ def test_auto_chunk_times_each_candidate_once_per_shape_and_keeps_the_fastest(ti
 
 
 def test_memory_decides_the_classes_per_forward_and_refuses_what_cannot_fit(tiny_data, monkeypatch):
-    from m3d_condense.pipeline import memory
+    from m3d_condense.pipeline.method import memory
 
     s = settings()
     monkeypatch.setattr(memory, "free_bytes", lambda device: int(memory.step_bytes(s, 2) / memory.HEADROOM) + 1)
@@ -205,7 +205,7 @@ def test_memory_decides_the_classes_per_forward_and_refuses_what_cannot_fit(tiny
 
 
 def test_step_memory_estimate_grows_with_classes_ipc_and_resolution():
-    from m3d_condense.pipeline.memory import step_bytes
+    from m3d_condense.pipeline.method.memory import step_bytes
 
     base = settings()
     assert step_bytes(base, 4) > step_bytes(base, 2) > 0

@@ -1,12 +1,13 @@
-"""pipeline/evaluate.py: the fast modes change the arithmetic, never the recipe."""
+"""pipeline/evaluation/training.py: the fast modes change the arithmetic, never the recipe."""
 import dataclasses
 
 import pytest
 import torch
 from conftest import synthetic_classes
 
-from m3d_condense.pipeline.config import DataConfig, EvalConfig, RunConfig, load_config
-from m3d_condense.pipeline.evaluate import COMPILE_AUTO_STEPS, eval_compiles, train_and_test
+from m3d_condense.pipeline.config.loader import load_config
+from m3d_condense.pipeline.config.schema import DataConfig, EvalConfig, RunConfig
+from m3d_condense.pipeline.evaluation.training import COMPILE_AUTO_STEPS, eval_compiles, train_and_test
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_bf16_evaluation_tracks_the_fp32_losses_but_changes_the_arithmetic(probl
 
 
 def test_eval_compile_auto_compiles_long_evaluations_only(monkeypatch):
-    from m3d_condense.pipeline import compute
+    from m3d_condense.pipeline.method import compute
 
     monkeypatch.setattr(compute, "can_compile", lambda: True)
     def compiles(*overrides: str) -> bool:  # digits: 10 classes x 4 decoded images, batch 64 -> 1 step per epoch

@@ -16,12 +16,12 @@ from conftest import REPO, write_npz
 from PIL import Image
 
 from m3d_condense.pipeline.cli import main as run_main
-from m3d_condense.pipeline.config import load_config
+from m3d_condense.pipeline.config.loader import load_config
 from m3d_condense.pipeline.data import ClassShardReader, LabeledImages, load_split, read_manifest, storage
 from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
-from m3d_condense.pipeline.export import CIFAR10_MEAN, CIFAR10_STD, FORMATS, ExportError, dcbench_file, export
 from m3d_condense.pipeline.export import main as export_main
-from m3d_condense.pipeline.synthetic import SyntheticSet
+from m3d_condense.pipeline.results.export import CIFAR10_MEAN, CIFAR10_STD, FORMATS, ExportError, dcbench_file, export
+from m3d_condense.pipeline.results.synthetic import SyntheticSet
 
 NAMES = ["cat", "ant", "bee"]  # not sorted: readers that sort folder names must still find each class
 IPC, FACTOR, SIZE = 2, 2, 8

@@ -10,19 +10,12 @@ from omegaconf import OmegaConf
 
 from m3d_condense.models import NUM_UNIFORMS, AugmentSpec, augment
 from m3d_condense.models.imagenet_augment import color_jitter, imagenet_augment, lighting, resized_crop, rrc_boxes
-from m3d_condense.pipeline.checkpoint import ResumeError, RunState, RunStore
-from m3d_condense.pipeline.config import (
-    AugmentConfig,
-    DataConfig,
-    EvalConfig,
-    RunConfig,
-    compose_config,
-    load_config,
-    released_eval_augment,
-)
+from m3d_condense.pipeline.config.loader import compose_config, load_config
+from m3d_condense.pipeline.config.schema import AugmentConfig, DataConfig, EvalConfig, RunConfig, released_eval_augment
 from m3d_condense.pipeline.data import ClassCache
-from m3d_condense.pipeline.engine import initial_images
-from m3d_condense.pipeline.evaluate import eval_epochs, imagenet_epochs, train_and_test
+from m3d_condense.pipeline.evaluation.training import eval_epochs, imagenet_epochs, train_and_test
+from m3d_condense.pipeline.method.engine import initial_images
+from m3d_condense.pipeline.orchestration.run_store import ResumeError, RunState, RunStore
 
 
 def _uniforms(n, seed=0):

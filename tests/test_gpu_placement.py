@@ -13,12 +13,13 @@ import pytest
 import torch
 from conftest import RAY_ENV
 
-from m3d_condense.pipeline.backend import resolve_backend, split_classes
-from m3d_condense.pipeline.checkpoint import fingerprint
 from m3d_condense.pipeline.cli import main
-from m3d_condense.pipeline.config import ConfigError, load_config
-from m3d_condense.pipeline.synthetic import is_stored
-from m3d_condense.pipeline.worker import check_assigned_gpus
+from m3d_condense.pipeline.config.loader import load_config
+from m3d_condense.pipeline.config.schema import ConfigError
+from m3d_condense.pipeline.orchestration.groups import resolve_backend, split_classes
+from m3d_condense.pipeline.orchestration.placement import check_assigned_gpus
+from m3d_condense.pipeline.orchestration.run_store import fingerprint
+from m3d_condense.pipeline.results.synthetic import is_stored
 
 # Small runs: the digits preset, a narrow encoder, few iterations, evaluation of 1 epoch.
 TINY = ["iterations=4", "encoder.width=16", "batch_real=16", "log_every=2", "diagnostics.moments=false",
@@ -56,17 +57,17 @@ def test_workers_null_resolves_to_one_worker_per_gpu_of_the_ray_cluster(fake_gpu
 
 
 def test_each_actor_holds_its_own_gpu_with_a_distinct_cuda_visible_devices(fake_gpus, tmp_path):
-    from m3d_condense.pipeline.ray_backend import RayWorkers
+    from m3d_condense.pipeline.orchestration.ray_group import RayWorkers
 
     cfg = _digits(fake_gpus, "workers=2", "backend=ray", f"out_dir={tmp_path}")
     cache = RayWorkers(cfg, split_classes(10, 2), str(tmp_path / "run"))
     try:
-        infos = cache.call("info")
+        infos = cache.info()
     finally:
         cache.stop()
-    ids = [i["gpu_ids"] for i in infos]
+    ids = [i.gpu_ids for i in infos]
     assert all(len(i) == 1 for i in ids) and ids[0] != ids[1], ids
-    assert sorted(i["cuda_visible_devices"] for i in infos) == sorted(i[0] for i in ids)  # what torch would see
+    assert sorted(i.cuda_visible_devices for i in infos) == sorted(i[0] for i in ids)  # what torch would see
 
 
 @pytest.fixture(scope="module")

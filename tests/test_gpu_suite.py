@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 from benchmarks.gpu_suite import TINY
-from m3d_condense.pipeline.compute import can_compile
+from m3d_condense.pipeline.method.compute import can_compile
 
 CHECKS = ["device_vs_cpu[reference]", "device_vs_cpu[batched]", "device_vs_cpu_tf32[reference]", "compiled_vs_eager",
           "bf16_vs_fp32_step", "bf16_vs_fp32_digits", "cache_tiers_same_batches", "eval_seeded", "split_vs_whole",

@@ -10,7 +10,7 @@ from m3d_condense.pipeline.cli import main
 from m3d_condense.pipeline.data import ClassShardReader, StorageError, read_manifest
 from m3d_condense.pipeline.data.storage import register_webdataset_schemes
 from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
-from m3d_condense.pipeline.synthetic import SyntheticSet
+from m3d_condense.pipeline.results.synthetic import SyntheticSet
 
 FAST = ["ipc=1", "workers=1", "iterations=4", "batch_real=8", "encoder.width=16", "eval.epochs=2", "eval.test_every=1",
         "device=cpu"]

@@ -1,4 +1,4 @@
-"""The paper protocol's building blocks (pipeline/paper.py, pipeline/reproduce.py): evaluation
+"""The paper protocol's building blocks (pipeline/results/paper.py, pipeline/reproduce.py): evaluation
 runs recorded one by one, snapshots for the released selection, a cell that resumes from any
 stage, its row and table, and the published uint8 set. On the built-in digits, tiny settings."""
 import json
@@ -13,14 +13,15 @@ import pytest
 import torch
 from conftest import REPO
 
-from m3d_condense.pipeline import driver
-from m3d_condense.pipeline.config import NAMED_METHODS, compose_config, load_config, to_run_config
-from m3d_condense.pipeline.driver import run_pipeline, snapshot_url
-from m3d_condense.pipeline.eval_records import EvalRecords
-from m3d_condense.pipeline.paper import Cell, cell_row, read_rows, run_cell, score_snapshots, table_markdown, with_runs
+from m3d_condense.pipeline.config.loader import compose_config, load_config, to_run_config
+from m3d_condense.pipeline.config.schema import NAMED_METHODS
+from m3d_condense.pipeline.evaluation.records import EvalRecords
+from m3d_condense.pipeline.orchestration import driver
+from m3d_condense.pipeline.orchestration.driver import run_pipeline, snapshot_url
+from m3d_condense.pipeline.orchestration.worker import ClassWorker
 from m3d_condense.pipeline.reproduce import main as reproduce
-from m3d_condense.pipeline.synthetic import SyntheticSet
-from m3d_condense.pipeline.worker import ClassWorker
+from m3d_condense.pipeline.results.paper import Cell, cell_row, read_rows, run_cell, score_snapshots, table_markdown, with_runs
+from m3d_condense.pipeline.results.synthetic import SyntheticSet
 
 TINY = ["encoder.width=16", "batch_real=16", "log_every=2", "device=cpu", "workers=1", "diagnostics.moments=false",
         "eval.epochs=2", "eval.test_every=1"]

@@ -320,7 +320,7 @@ def test_manifest_metadata_is_readable_without_this_project(tmp_path):
 
 def test_npz_resized_by_the_config_equals_the_same_set_prepared_with_size(tmp_path):
     """One resizer: `data.resize=true` on an npz set and `prepare --size` give the same pixels."""
-    from m3d_condense.pipeline.config import DataConfig
+    from m3d_condense.pipeline.config.schema import DataConfig
     from m3d_condense.pipeline.data.inmemory import load_arrays
 
     train = synthetic_classes(num_classes=3, per_class=6, size=12, channels=3)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from m3d_condense.pipeline.synthetic import SyntheticSet
+from m3d_condense.pipeline.results.synthetic import SyntheticSet
 
 pytestmark = [pytest.mark.runs_last, pytest.mark.intrusive]
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")

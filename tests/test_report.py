@@ -38,7 +38,7 @@ def test_run_report_renders_with_accuracy_moments_and_images(tmp_path):
 
 
 def test_grid_report_renders_each_method_beside_the_paper_number_and_the_moment_table(tmp_path):
-    from m3d_condense.pipeline.report import grid_report
+    from m3d_condense.pipeline.results.report import grid_report
 
     moments = {"moment_synthetic_mean": 1.5, "moment_synthetic_variance": 0.3, "moment_synthetic_skewness": 2.0,
                "moment_synthetic_kurtosis": 9.0}

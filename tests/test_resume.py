@@ -12,7 +12,7 @@ import torch
 from conftest import REPO
 
 from m3d_condense.pipeline.cli import main
-from m3d_condense.pipeline.synthetic import SyntheticSet
+from m3d_condense.pipeline.results.synthetic import SyntheticSet
 
 TINY = ["encoder.width=16", "batch_real=16", "log_every=5", "device=cpu", "workers=1"]
 

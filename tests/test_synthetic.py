@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from m3d_condense.models import decode, decode_rows
-from m3d_condense.pipeline.config import ConfigError, load_config
+from m3d_condense.pipeline.config.loader import load_config
+from m3d_condense.pipeline.config.schema import ConfigError
 from m3d_condense.pipeline.data import LabeledImages, storage
-from m3d_condense.pipeline.evaluate import train_and_test
-from m3d_condense.pipeline.synthetic import SyntheticSet, SyntheticSetError, training_size, write_index
+from m3d_condense.pipeline.evaluation.training import train_and_test
+from m3d_condense.pipeline.results.synthetic import SyntheticSet, SyntheticSetError, training_size, write_index
 
 NAMES = [f"c{i}" for i in range(6)]
 
@@ -23,7 +24,7 @@ def _set(classes, ipc=2, factor=2, size=8, seed=0) -> SyntheticSet:
 
 def _store_in_three_slices(run):
     parts = [_set([0, 1], seed=1), _set([2, 3], seed=2), _set([4, 5], seed=3)]
-    entries = [p.save_slice(str(run), sorted(set(p.labels.tolist()))) for p in parts]
+    entries = [p.write_slice(str(run), sorted(set(p.labels.tolist()))) for p in parts]
     write_index(str(run), entries[::-1], 2, NAMES)  # any order: the index sorts them
     return parts
 

@@ -1,4 +1,4 @@
-"""Experiment tracking (``tracking.*``, pipeline/tracking.py): real runs, their TensorBoard event
+"""Experiment tracking (``tracking.*``, pipeline/results/tracking.py): real runs, their TensorBoard event
 files and MLflow store read back with the backends' own readers and compared to summary.json."""
 import json
 import os
@@ -9,14 +9,14 @@ import pytest
 from PIL import Image
 
 from m3d_condense.pipeline.cli import main
-from m3d_condense.pipeline.config import load_config
+from m3d_condense.pipeline.config.loader import load_config
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.errors import RunError
-from m3d_condense.pipeline.tracking import TrackingError, check_tracking, track_run
+from m3d_condense.pipeline.results.tracking import TrackingError, check_tracking, track_run
 
 TINY = ["iterations=4", "log_every=1", "eval.runs=1", "eval.epochs=2", "eval.test_every=1", "encoder.width=16",
         "batch_real=16", "backend=local", "diagnostics.encoders=1", "diagnostics.real_per_class=32"]
-ALLOW = "MLFLOW_ALLOW_FILE_STORE"  # MLflow 3 opens a file store only with it (pipeline/tracking.py)
+ALLOW = "MLFLOW_ALLOW_FILE_STORE"  # MLflow 3 opens a file store only with it (pipeline/results/tracking.py)
 
 
 @pytest.fixture(scope="module")
@@ -155,9 +155,9 @@ import json, sys
 sys.modules["tensorboard"] = None
 sys.modules["mlflow"] = None
 from m3d_condense.pipeline.cli import main
-from m3d_condense.pipeline.config import load_config
+from m3d_condense.pipeline.config.loader import load_config
 from m3d_condense.pipeline.errors import RunError
-from m3d_condense.pipeline.tracking import check_tracking
+from m3d_condense.pipeline.results.tracking import check_tracking
 out, result = sys.argv[1], {}
 for key in ("tensorboard", "mlflow"):
     try:

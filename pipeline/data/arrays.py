@@ -65,7 +65,7 @@ def labeled_split(source: Any, split: str, class_names: list[str] | None = None)
     if isinstance(source, LabeledImages):
         return source
     if is_data_root(source) and storage.exists(storage.join(source, FILENAME)):  # prepared shards
-        from m3d_condense.pipeline.config import load_config  # the config module reads this package
+        from m3d_condense.pipeline.config.loader import load_config  # the config loader reads this package
         from m3d_condense.pipeline.data.dataset import load_split
 
         return load_split(load_config("custom", [f"data.root={source}"]).data, split)

@@ -15,7 +15,7 @@ from m3d_condense.pipeline.data.labeled import LabeledImages
 from m3d_condense.pipeline.data.reader import ClassShardReader
 from m3d_condense.pipeline.errors import RunError
 from m3d_condense.pipeline.logs import progress_bar
-from m3d_condense.pipeline.seeding import generator
+from m3d_condense.pipeline.method.seeding import generator
 
 
 class ClassTooSmallError(RunError, ValueError):

@@ -19,7 +19,7 @@ from m3d_condense.pipeline.data.manifest import FILENAME, Manifest, ManifestErro
 from m3d_condense.pipeline.data.reader import ClassShardReader
 
 if TYPE_CHECKING:
-    from m3d_condense.pipeline.config import DataConfig
+    from m3d_condense.pipeline.config.schema import DataConfig
 
 AUTO_PARALLEL_IMAGES = 20_000  # below this, starting decode processes costs more than it saves
 DEVICE_CACHE_FRACTION = 0.5  # of the free GPU memory; the rest is for the encoder's activations

@@ -2,14 +2,13 @@
 ``ROOT/{train,test}.npz``. Large datasets go through the sharded layer instead."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.data.labeled import LabeledImages
 from m3d_condense.pipeline.data.shards import resize_pixels
+from m3d_condense.pipeline.data.sources import read_npz
 from m3d_condense.pipeline.errors import RunError
 
 
@@ -46,14 +45,7 @@ def npz_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]
         raw = storage.read_bytes(path)
     except FileNotFoundError:
         raise DatasetNotFoundError(f"{path}: no such file (data.root={root} must hold {split}.npz)") from None
-    with np.load(io.BytesIO(raw)) as d:
-        missing = {"x", "y", "class_names"} - set(d.files)
-        if missing:
-            raise ArraysError(f"{path}: missing arrays {sorted(missing)} (has {sorted(d.files)})")
-        x, y, names = d["x"], d["y"], [str(n) for n in d["class_names"]]
-    if x.dtype != np.uint8 or x.ndim != 4:
-        raise ArraysError(f"{path}: 'x' must be uint8 (N, H, W, C), got {x.dtype} {x.shape}")
-    return x, y.astype(np.int64), names
+    return read_npz(raw, path)
 
 
 SOURCES = {"digits": _digits, "npz": _npz}

@@ -7,6 +7,7 @@ its uint8 pixels (H, W, C) for the formats that ship as arrays: MNIST/Fashion-MN
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
 import struct
 from dataclasses import dataclass
@@ -222,20 +223,26 @@ def arrays_source(splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names:
 
 
 # ----------------------------------------------------------------------------- npz
-def _npz_split(path: Path) -> SourceSplit:
+def read_npz(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The one reader of our .npz (prepare's source, and ``data.source=npz``'s in-memory split):
+    x uint8 (N, H, W, C) with C 1 or 3, y int64 (N,), class names; SourceError naming ``where``."""
     try:
-        with np.load(path) as d:
+        with np.load(io.BytesIO(raw)) as d:
             missing = {"x", "y", "class_names"} - set(d.files)
             if missing:
-                raise SourceError(f"{path}: missing arrays {sorted(missing)} (has {sorted(d.files)})")
+                raise SourceError(f"{where}: missing arrays {sorted(missing)} (has {sorted(d.files)})")
             x, y, names = d["x"], d["y"], [str(n) for n in d["class_names"]]
     except (OSError, ValueError) as e:
         if isinstance(e, SourceError):
             raise
-        raise SourceError(f"{path}: not a readable .npz ({e})") from None
+        raise SourceError(f"{where}: not a readable .npz ({e})") from None
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise SourceError(f"{path}: 'x' must be uint8 (N, H, W, C) with C 1 or 3, got {x.dtype} {x.shape}")
-    return _by_class(x, y, names, str(path))
+        raise SourceError(f"{where}: 'x' must be uint8 (N, H, W, C) with C 1 or 3, got {x.dtype} {x.shape}")
+    return x, y.astype(np.int64), names
+
+
+def _npz_split(path: Path) -> SourceSplit:
+    return _by_class(*read_npz(path.read_bytes(), str(path)), str(path))
 
 
 def _npz(path: Path) -> Source | None:

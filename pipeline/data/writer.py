@@ -226,9 +226,9 @@ def prepare(source: str | Source, dest: str, opts: PrepareOptions = PrepareOptio
     """Read ``source`` (a local file or folder, or a ``Source`` such as ``sources.arrays_source``),
     write shards and the manifest under ``dest``."""
     if opts.image_format not in FORMATS:
-        raise ValueError(f"unknown format {opts.image_format!r}; choose one of {', '.join(FORMATS)}")
+        raise SourceError(f"unknown format {opts.image_format!r}; choose one of {', '.join(FORMATS)}")
     if opts.shard_size < 1 or opts.workers < 1:
-        raise ValueError("--shard-size and --workers must be >= 1")
+        raise SourceError("--shard-size and --workers must be >= 1")
     src = source if isinstance(source, Source) else open_source(source)
     splits = _select(src, opts)
     storage.check_writable(dest)

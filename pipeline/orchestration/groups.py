@@ -1,8 +1,9 @@
 """Where a run's work happens: one worker in this process, or Ray actors and tasks.
 
-Both backends give the driver the same worker-group protocol (``WorkerGroup``): ``call`` runs
-a ``ClassWorker`` method on every worker and returns their results in worker order; ``stop``
-releases them. The Ray placement itself is in ``pipeline/ray_backend.py``.
+Both backends give the driver the same worker group (``WorkerGroup``,
+``orchestration/protocol.py``): each method runs that ``ClassWorker`` method on every worker
+and returns their answers in worker order; ``stop`` releases them. The Ray group and its
+placement are in ``orchestration/ray_group.py``.
 """
 from __future__ import annotations
 
@@ -10,25 +11,12 @@ import os
 import socket
 import sys
 import tempfile
-from typing import Any, Protocol
 
 import torch
 
-from m3d_condense.pipeline.config import ConfigError, RunConfig
-from m3d_condense.pipeline.worker import ClassWorker
-
-
-class WorkerGroup(Protocol):
-    splits: list[list[int]]  # the classes of each worker, in worker order
-
-    def call(self, method: str, *args: Any) -> list[Any]:
-        """``ClassWorker.<method>(*args)`` on every worker; results in worker order."""
-
-    def call_each(self, method: str, args: list[tuple]) -> list[Any]:
-        """``ClassWorker.<method>(*args[i])`` on worker i; results in worker order."""
-
-    def stop(self) -> None:
-        """Release the workers."""
+from m3d_condense.pipeline.config.schema import ConfigError, RunConfig
+from m3d_condense.pipeline.orchestration.protocol import MomentGaps, Step, StoredSlice, WorkerGroup, WorkerInfo
+from m3d_condense.pipeline.orchestration.worker import ClassWorker
 
 
 class LocalWorkers:
@@ -38,11 +26,20 @@ class LocalWorkers:
         self.splits = splits
         self.workers = [ClassWorker(cfg, s, run_url) for s in splits]
 
-    def call(self, method: str, *args: Any) -> list[Any]:
-        return self.call_each(method, [args] * len(self.workers))
+    def info(self) -> list[WorkerInfo]:
+        return [w.info() for w in self.workers]
 
-    def call_each(self, method: str, args: list[tuple]) -> list[Any]:
-        return [getattr(w, method)(*a) for w, a in zip(self.workers, args, strict=True)]
+    def run_until(self, target: int, checkpoint: bool, snapshot_url: str | None = None) -> list[Step]:
+        return [w.run_until(target, checkpoint, snapshot_url) for w in self.workers]
+
+    def select(self) -> list[StoredSlice]:
+        return [w.select() for w in self.workers]
+
+    def finish(self) -> list[StoredSlice]:
+        return [w.finish() for w in self.workers]
+
+    def moments(self) -> list[MomentGaps]:
+        return [w.moments() for w in self.workers]
 
     def stop(self) -> None:
         self.workers = []
@@ -64,7 +61,7 @@ def start_workers(cfg: RunConfig, backend: str, workers: int, run_url: str) -> W
     """``workers`` workers of ``backend``, the dataset's classes split over them (``split_classes``)."""
     splits = split_classes(cfg.data.num_classes, workers)
     if backend == "ray":
-        from m3d_condense.pipeline.ray_backend import RayWorkers
+        from m3d_condense.pipeline.orchestration.ray_group import RayWorkers
 
         return RayWorkers(cfg, splits, run_url)
     return LocalWorkers(cfg, splits, run_url)
@@ -83,9 +80,9 @@ def resolve_backend(cfg: RunConfig) -> tuple[str, int]:
         if cfg.workers not in (None, 1):
             raise ConfigError(f"backend=local runs one worker; workers={cfg.workers} needs backend=ray")
         return "local", 1
-    from m3d_condense.pipeline import ray_backend
+    from m3d_condense.pipeline.orchestration import ray_group
 
-    ray_backend.init(cfg.ray.address)
+    ray_group.init(cfg.ray.address)
     if cfg.workers is not None:
         return "ray", int(cfg.workers)
     import ray

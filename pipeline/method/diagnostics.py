@@ -8,9 +8,9 @@ import torch
 
 from m3d_condense.kernels import moment_gaps
 from m3d_condense.kernels.moments import MOMENT_ORDERS
-from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.config.schema import RunConfig
 from m3d_condense.pipeline.data import ClassCache
-from m3d_condense.pipeline.engine import build_encoder
+from m3d_condense.pipeline.method.engine import build_encoder
 
 
 @torch.no_grad()

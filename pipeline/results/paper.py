@@ -6,7 +6,7 @@ iterations, lr = IPC, real batch 128, factor 2, the released init, ConvNet-3 eva
 
   1. condense, checkpointing every 500 iterations and keeping a snapshot of the set every
      ``select_every`` iterations (``snapshot_every``);
-  2. evaluate the final set ``runs`` times (each run recorded as it ends: ``eval_records``);
+  2. evaluate the final set ``runs`` times (each run recorded as it ends: ``evaluation/records.py``);
   3. evaluate every snapshot once (run 0's seed, recorded the same way). The released script
      does this during condensation and keeps the best set: its number is a selection on the
      test set. The final set's run 0 stands for the last snapshot. ``select --follow`` does this
@@ -24,26 +24,22 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 
-import torch
-
-from m3d_condense.pipeline import outputs
-from m3d_condense.pipeline.checkpoint import RunStore, Status
 from m3d_condense.pipeline.cli import run
-from m3d_condense.pipeline.config import NAMED_METHODS, RunConfig, load_config
+from m3d_condense.pipeline.config.loader import load_config
+from m3d_condense.pipeline.config.schema import NAMED_METHODS, RunConfig
 from m3d_condense.pipeline.data import load_split, storage
-from m3d_condense.pipeline.driver import evaluate_set, snapshot_url
 from m3d_condense.pipeline.errors import RunError
-from m3d_condense.pipeline.eval_records import EvalRecords
+from m3d_condense.pipeline.evaluation.records import EvalRecords
 from m3d_condense.pipeline.logs import log
-from m3d_condense.pipeline.report import paper_accuracy
-from m3d_condense.pipeline.synthetic import SyntheticSet, is_stored
-from m3d_condense.pipeline.worker import pick_device
+from m3d_condense.pipeline.method.compute import pick_device
+from m3d_condense.pipeline.orchestration.driver import run_evaluations, snapshot_url
+from m3d_condense.pipeline.orchestration.run_store import RunStore, Status
+from m3d_condense.pipeline.results import outputs
+from m3d_condense.pipeline.results.report import paper_accuracy
+from m3d_condense.pipeline.results.synthetic import SyntheticSet, is_stored
 
 RELEASED_SELECT_EVERY = 500  # the released script tests its set every 500 iterations
 
@@ -129,7 +125,7 @@ def score_snapshots(cfg: RunConfig, run_url: str, every: int, progress: bool, fo
             if t in scores or not is_stored(url):
                 continue
             test = test if test is not None else load_split(cfg.data, "test")
-            evals, _ = evaluate_set(one_run, url, "local", device, progress, test=test, records=records)
+            evals, _ = run_evaluations(one_run, url, "local", device, progress, test=test, records=records)
             scores[t] = (evals[0]["best_epoch_runs"][0], evals[0]["seconds"][0])
             log.info(f"snapshot of iteration {t}: {100 * scores[t][0]:.2f}% (best tested epoch, one run)")
         if condensed or not follow:
@@ -165,7 +161,8 @@ def cell_row(cell: Cell, cfg: RunConfig, summary: dict, selection: dict) -> dict
         "condense_seconds": summary["condense_seconds"], "eval_seconds": sum(e["seconds"]),
         "selection_seconds": selection["seconds"],
         "overrides": cell.overrides, "select_every": cell.select_every,
-        "command": cell_command(cell), "machine": machine(), "commit": git_commit(), "finished": time.strftime("%Y-%m-%d"),
+        "command": cell_command(cell), "machine": outputs.machine(), "commit": outputs.git_commit(),
+        "finished": time.strftime("%Y-%m-%d"),
     }
 
 
@@ -174,26 +171,6 @@ def cell_command(cell: Cell) -> str:
     extra += [f"--runs {cell.runs}"] + ([f"--select-every {cell.select_every}"]
                                         if cell.select_every != RELEASED_SELECT_EVERY else [])
     return " ".join(["python pipeline/reproduce.py cell", cell.preset, str(cell.ipc), *extra, *cell.overrides])
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{os.cpu_count()} cpus ({cpu}){gpu}, {torch.get_num_threads()} torch threads"
-
-
-def git_commit() -> str:
-    """The commit of the checkout this runs from (the working directory), or ``unknown``."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 # the table ------------------------------------------------------------------------------------
@@ -249,7 +226,7 @@ def publish_cell(cell: Cell, out: str, dest: str, runs: int, progress: bool = Tr
     SyntheticSet.load(storage.join(cfg.out_dir, cfg.run_name)).save(target, uint8=True)
     published = SyntheticSet.load(target)
     records = EvalRecords(storage.join(out, "published", cell.name), cfg)
-    evals, _ = evaluate_set(cfg, published, "local", pick_device(cfg.device), progress, records=records)
+    evals, _ = run_evaluations(cfg, published, "local", pick_device(cfg.device), progress, records=records)
     e = evals[0]
     summary = {**row, "published": {"format": "uint8 pixels, round(x * 255)", "runs": e["runs"],
                                     "accuracy_mean": e["accuracy_mean"], "accuracy_std": e["accuracy_std"],

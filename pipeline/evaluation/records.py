@@ -18,10 +18,10 @@ import dataclasses
 import hashlib
 import json
 
-from m3d_condense.pipeline.config import RunConfig, to_dict
+from m3d_condense.pipeline.config.schema import RunConfig
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.errors import RunError
-from m3d_condense.pipeline.evaluate import EvalResult
+from m3d_condense.pipeline.evaluation.training import EvalResult
 
 FOLDER = "evals"
 
@@ -32,6 +32,8 @@ class EvalRecordError(RunError, ValueError):
 
 def settings_key(cfg: RunConfig) -> str:
     """12 hex digits naming the evaluation settings of ``cfg`` (see the module docstring)."""
+    from m3d_condense.pipeline.config.loader import to_dict  # Hydra: only when a run records its evaluation
+
     settings = {k: v for k, v in to_dict(cfg)["eval"].items() if k not in ("runs", "archs")}
     settings["seed"] = cfg.seed
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]

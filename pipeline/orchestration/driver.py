@@ -2,7 +2,7 @@
 
   synthesize  M3D condenses on the workers, resuming from the last complete checkpoint, or the
               random/herding baseline selects real images on the workers, each from its own
-              classes; each worker stores its slice of the set (``pipeline/synthetic.py``), the
+              classes; each worker stores its slice of the set (``pipeline/results/synthetic.py``), the
               driver writes the index, and run.json says "condensed". A rerun skips this stage
               once the run has condensed.
   diagnose    moment gaps of the set to the real data (``diagnostics.moments``), computed by the
@@ -15,7 +15,7 @@ A rerun of a finished run does nothing (``reevaluate=true`` evaluates its set ag
 from ``method=whole`` (the whole training set, read here), the driver never holds the set: its
 memory does not grow with the dataset.
 ``backend=local`` runs one worker in this process; ``backend=ray`` runs ``workers`` Ray
-actors and evaluates in Ray tasks (``pipeline/backend.py``).
+actors and evaluates in Ray tasks (``pipeline/orchestration/groups.py``).
 """
 from __future__ import annotations
 
@@ -26,20 +26,21 @@ from typing import Callable
 
 import torch
 
-from m3d_condense.pipeline import outputs, synthetic, tracking
-from m3d_condense.pipeline.backend import WorkerGroup, resolve_backend, start_workers
-from m3d_condense.pipeline.baselines import select_real
-from m3d_condense.pipeline.checkpoint import RunState, RunStore, Status
-from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.config.schema import RunConfig
 from m3d_condense.pipeline.data import LabeledImages, load_split, open_class_cache, storage
-from m3d_condense.pipeline.eval_records import EvalRecords
-from m3d_condense.pipeline.evaluate import EvalResult, eval_epochs, train_and_test
+from m3d_condense.pipeline.evaluation.records import EvalRecords
+from m3d_condense.pipeline.evaluation.training import EvalResult, eval_epochs, train_and_test
 from m3d_condense.pipeline.logs import log, progress_bar
-from m3d_condense.pipeline.memory import peak_rss_bytes
-from m3d_condense.pipeline.report import write_run_report
-from m3d_condense.pipeline.seeding import derive_seed
-from m3d_condense.pipeline.synthetic import SyntheticSet
-from m3d_condense.pipeline.worker import pick_device
+from m3d_condense.pipeline.method.baselines import select_real
+from m3d_condense.pipeline.method.compute import pick_device
+from m3d_condense.pipeline.method.memory import peak_rss_bytes
+from m3d_condense.pipeline.method.seeding import derive_seed
+from m3d_condense.pipeline.orchestration.groups import resolve_backend, start_workers
+from m3d_condense.pipeline.orchestration.protocol import EvalJob, StoredSlice, WorkerGroup
+from m3d_condense.pipeline.orchestration.run_store import RunState, RunStore, Status
+from m3d_condense.pipeline.results import outputs, synthetic, tracking
+from m3d_condense.pipeline.results.report import write_run_report
+from m3d_condense.pipeline.results.synthetic import SyntheticSet
 
 SNAPSHOTS = "snapshots"  # RUN_DIR/snapshots/it<t>: the set at iteration t (snapshot_every)
 
@@ -81,7 +82,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
             group.stop()
     curves: dict = {}
     if cfg.eval.runs > 0:
-        summary["evals"], curves = evaluate_set(cfg, syn.source, backend, device, progress,
+        summary["evals"], curves = run_evaluations(cfg, syn.source, backend, device, progress,
                                                 records=EvalRecords(run_url, cfg))
         summary["eval"] = summary["evals"][0]
     summary["driver_peak_bytes"] = peak_rss_bytes()  # the head node's share of the run, watched at scale
@@ -118,10 +119,10 @@ def synthesize(cfg: RunConfig, store: RunStore, state: RunState, backend: str, w
     else:
         group = start_workers(cfg, backend, workers, store.url)
         if cfg.method == "m3d":
-            parts, history, it_per_s = condense(cfg, store, state, group, progress, spent)
+            parts, history, it_per_s = step_workers(cfg, store, state, group, progress, spent)
         else:  # a selection baseline: real images, stored without multi-formation
-            parts, history = group.call("select"), []
-        synthetic.write_index(store.url, [p["slice"] for p in parts], cfg.stored_factor, parts[0]["class_names"],
+            parts, history = group.select(), []
+        synthetic.write_index(store.url, [p.slice for p in parts], cfg.stored_factor, parts[0].class_names,
                               cfg.data.mean, cfg.data.std)
         syn = Synthesized(store.url, history)
     store.record_condensed(state, spent(), it_per_s,
@@ -146,22 +147,23 @@ def snapshot_url(run_url: str, iteration: int) -> str:
     return storage.join(run_url, SNAPSHOTS, f"it{iteration:07d}")
 
 
-def condense(cfg: RunConfig, store: RunStore, state: RunState, group: WorkerGroup, progress: bool,
-             spent: Callable[[], float] = lambda: 0.0) -> tuple[list[dict], list[tuple[int, list[float]]], float | None]:
+def step_workers(cfg: RunConfig, store: RunStore, state: RunState, group: WorkerGroup, progress: bool,
+                 spent: Callable[[], float] = lambda: 0.0) -> tuple[list[StoredSlice], list[tuple[int, list[float]]],
+                                                                  float | None]:
     """Step the workers in lockstep to cfg.iterations from the run's last checkpoint, record
     complete checkpoints (each with ``spent()``, the condensing seconds so far), and have each
     worker store its slice of the set. Returns what the workers' ``finish`` returned, the loss
     history and the steady-state it/s."""
     splits = group.splits
-    infos = group.call("info")
-    t = min(i["iteration"] for i in infos)
-    nodes, devices = {i["node"] for i in infos}, sorted({i["device"] for i in infos})
+    infos = group.info()
+    t = min(i.iteration for i in infos)
+    nodes, devices = {i.node for i in infos}, sorted({i.device for i in infos})
     log.info(f"{len(splits)} worker(s) on {len(nodes)} node(s), {'/'.join(devices)}"
              + (f"; resumed at iteration {t}" if t else ""))
-    for warning in (w for info in infos for w in info.get("warnings", [])):
+    for warning in (w for info in infos for w in info.warnings):
         log.warning(warning)
     if t:
-        state.resume_read_bytes = sum(i["restored_bytes"] for i in infos)
+        state.resume_read_bytes = sum(i.restored_bytes for i in infos)
         log.info(f"the workers read {state.resume_read_bytes / 2**20:.1f} MiB of checkpoint slices to resume")
     overheads = []
     bar = progress_bar(total=cfg.iterations, initial=t, desc=f"condense ({len(splits)} workers)", unit="it",
@@ -172,28 +174,28 @@ def condense(cfg: RunConfig, store: RunStore, state: RunState, group: WorkerGrou
             target, checkpoint, snapshot = _next_stop(t, cfg)
             snap_url = snapshot_url(store.url, target) if snapshot else None
             sync_start = time.perf_counter()
-            results = group.call("run_until", target, checkpoint, snap_url)
-            overheads.append(time.perf_counter() - sync_start - max(r["seconds"] for r in results))
+            results = group.run_until(target, checkpoint, snap_url)
+            overheads.append(time.perf_counter() - sync_start - max(r.seconds for r in results))
             if snap_url:  # the index last: a snapshot with an index is whole
-                synthetic.write_index(snap_url, [r["snapshot"] for r in results], cfg.stored_factor,
-                                      infos[0]["class_names"], cfg.data.mean, cfg.data.std)
+                synthetic.write_index(snap_url, [r.snapshot for r in results], cfg.stored_factor,
+                                      infos[0].class_names, cfg.data.mean, cfg.data.std)
             if checkpoint:
-                state.checkpoint_bytes, state.condense_seconds = sum(r["checkpoint_bytes"] for r in results), spent()
-                store.record_checkpoint(state, target, [r["checkpoint"] for r in results])
+                state.checkpoint_bytes, state.condense_seconds = sum(r.checkpoint_bytes for r in results), spent()
+                store.record_checkpoint(state, target, [r.checkpoint for r in results])
             bar.update(target - t)
-            losses = [r["loss"] for r in results if r["loss"] is not None]
+            losses = [r.loss for r in results if r.loss is not None]
             if losses:
                 bar.set_postfix(mmd2=f"{statistics.fmean(losses):.4g}")
             t = target
     loop_seconds = time.perf_counter() - loop_start
     state.sync_overhead_s = statistics.median(overheads) if overheads else None
-    states = group.call("finish")
+    states = group.finish()
     # An actor that Ray restarted mid-run (its process or its node died) restored itself from
     # a checkpoint written after this loop began.
-    state.worker_restarts = sum(s["restored_from"] > loop_from for s in states)
+    state.worker_restarts = sum(s.restored_from > loop_from for s in states)
     if state.worker_restarts:
         log.info(f"{state.worker_restarts} worker(s) were restarted by Ray and continued from a checkpoint")
-    history = [(tt, [v for s in states for v in s["losses"][k].tolist()]) for k, tt in enumerate(states[0]["times"])]
+    history = [(tt, [v for s in states for v in s.losses[k].tolist()]) for k, tt in enumerate(states[0].times)]
     return states, history, (cfg.iterations - loop_from) / loop_seconds if loop_seconds > 0 else None
 
 
@@ -210,57 +212,56 @@ def diagnose(group: WorkerGroup) -> dict:
     """Moment gaps of the decoded set (and for M3D of its initial set) to the real data, each
     worker on its own classes' part of the stored set, where their real images already are;
     averaged over classes."""
-    results = group.call("moments")
-    total = sum(r["classes"] for r in results)
-    gaps = {name: {order: sum(r["gaps"][name][order] * r["classes"] for r in results) / total for order in orders}
-            for name, orders in results[0]["gaps"].items()}
+    results = group.moments()
+    total = sum(r.classes for r in results)
+    gaps = {name: {order: sum(r.gaps[name][order] * r.classes for r in results) / total for order in orders}
+            for name, orders in results[0].gaps.items()}
     log.info("moment gaps to the real data (mean/variance/skewness/kurtosis): " + "; ".join(
         f"{k} " + "/".join(f"{v:.3g}" for v in g.values()) for k, g in gaps.items()))
     return gaps
 
 
 # evaluate ----------------------------------------------------------------------------------
-def evaluate_set(cfg: RunConfig, source: SyntheticSet | str, backend: str, device: torch.device,
+def run_evaluations(cfg: RunConfig, source: SyntheticSet | str, backend: str, device: torch.device,
                  progress: bool, test: LabeledImages | None = None,
                  records: EvalRecords | None = None) -> tuple[list[dict], dict]:
     """``eval.runs`` networks of each of ``eval.archs`` trained on the set ``source`` (in memory,
     or the run directory storing it) and tested on the real test split (``test`` if given, in
     this process). With ``records``, each run is recorded as it ends and a run recorded earlier
     is read instead of trained again. Returns one record per architecture and the test curves."""
-    jobs = [{"arch": a, "run": r, "seed": derive_seed(cfg.seed, "eval-run", r)}
-            for a in cfg.eval.archs for r in range(cfg.eval.runs)]
-    done = {(j["arch"], j["run"]): records.read(j["arch"], j["run"]) for j in jobs} if records else {}
-    todo = [j for j in jobs if done.get((j["arch"], j["run"])) is None]
+    jobs = [EvalJob(a, r, derive_seed(cfg.seed, "eval-run", r)) for a in cfg.eval.archs for r in range(cfg.eval.runs)]
+    done = {j: records.read(j.arch, j.run) for j in jobs} if records else {}
+    todo = [j for j in jobs if done.get(j) is None]
     if len(todo) < len(jobs):
         log.info(f"evaluation: {len(jobs) - len(todo)} of {len(jobs)} runs recorded earlier in {records.url}")
 
-    def ended(j: dict, r: EvalResult, where: str = "") -> None:
-        done[(j["arch"], j["run"])] = r
-        log.info(f"eval {j['arch']} run {j['run'] + 1}/{cfg.eval.runs}: last-epoch accuracy "
+    def ended(j: EvalJob, r: EvalResult, where: str = "") -> None:
+        done[j] = r
+        log.info(f"eval {j.arch} run {j.run + 1}/{cfg.eval.runs}: last-epoch accuracy "
                  f"{100 * r.accuracy:.2f}% ({r.seconds:.0f}s{where})")
 
     if backend == "ray" and test is None and todo:  # each task reads the test split on its own node
-        from m3d_condense.pipeline.ray_backend import evaluate_remote
+        from m3d_condense.pipeline.orchestration.ray_group import evaluate_remote
 
         log.info(f"evaluating: {len(todo)} Ray tasks")
-        paths = [records.path(j["arch"], j["run"]) if records else None for j in todo]
+        paths = [records.path(j.arch, j.run) if records else None for j in todo]
         results, placements = evaluate_remote(todo, source, cfg, paths)  # each task records its run
         for j, r, p in zip(todo, results, placements, strict=True):
-            if p["warning"]:
-                log.warning(p["warning"])
-            ended(j, r, f"; {p['resources']['GPU']:g} of GPU {','.join(p['gpu_ids'])}" if p["gpu_ids"] else "")
+            if p.warning:
+                log.warning(p.warning)
+            ended(j, r, f"; {p.resources['GPU']:g} of GPU {','.join(p.gpu_ids)}" if p.gpu_ids else "")
     elif todo:
         train = source if isinstance(source, SyntheticSet) else SyntheticSet.load(source)
         test = test if test is not None else load_split(cfg.data, "test")
         for j in todo:
-            r = train_and_test(train.images, train.labels, test, j["arch"], cfg, j["seed"], device,
+            r = train_and_test(train.images, train.labels, test, j.arch, cfg, j.seed, device,
                                progress=progress, factor=train.factor)
             if records:
-                records.write(r, j["run"])
+                records.write(r, j.run)
             ended(j, r)
-    results = [done[(j["arch"], j["run"])] for j in jobs]
+    results = [done[j] for j in jobs]
     epochs = eval_epochs(cfg, synthetic.training_size(source) // cfg.data.num_classes)
-    by_arch = {a: [r for j, r in zip(jobs, results, strict=True) if j["arch"] == a] for a in cfg.eval.archs}
+    by_arch = {a: [r for j, r in zip(jobs, results, strict=True) if j.arch == a] for a in cfg.eval.archs}
     evals = [eval_record(arch, epochs, runs) for arch, runs in by_arch.items()]
     e = evals[0]
     log.info(f"{e['arch']}: {100 * e['accuracy_mean']:.2f} ± {100 * e['accuracy_std']:.2f}% "

@@ -1,73 +1,27 @@
 """One condensation worker: the synthetic images of a slice of the classes, stepped by the
 engine and checkpointed. The in-process backend calls it directly; the Ray backend wraps it
-in an actor (pipeline/ray_backend.py). It restores itself from the run's last complete
+in an actor (pipeline/orchestration/ray_group.py). It restores itself from the run's last complete
 checkpoint when it starts, so a restarted actor continues without the driver's help."""
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import torch
 
 from m3d_condense.models import decode
-from m3d_condense.pipeline.baselines import select_real
-from m3d_condense.pipeline.checkpoint import RunStore
-from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.config.schema import RunConfig
 from m3d_condense.pipeline.data import StreamingClassCache, open_class_cache
 from m3d_condense.pipeline.data.labeled import class_major_labels
-from m3d_condense.pipeline.diagnostics import moment_report
-from m3d_condense.pipeline.engine import Condenser, condense, initial_images
-from m3d_condense.pipeline.errors import RunError
 from m3d_condense.pipeline.logs import log, setup_logging
-from m3d_condense.pipeline.synthetic import SyntheticSet
-
-
-class GPUUnavailableError(RunError, RuntimeError):
-    """Ray assigned GPUs to this process, device=cuda, and torch sees no CUDA device."""
-
-
-def ray_gpu_ids() -> list[str]:
-    """The GPU ids Ray assigned to this process (an actor or task that asked for num_gpus);
-    empty outside Ray and in the driver."""
-    ray = sys.modules.get("ray")  # every Ray worker process has imported it; importing it here costs seconds
-    if ray is None or not ray.is_initialized():
-        return []
-    return [str(g) for g in ray.get_gpu_ids()]
-
-
-def where() -> str:
-    """This process's host, node IP and Ray node id, for messages about placement."""
-    host = os.uname().nodename
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return f"host {host}"
-    return f"node {host} ({ray.util.get_node_ip_address()}, Ray node {ray.get_runtime_context().get_node_id()})"
-
-
-def check_assigned_gpus(device_name: str, who: str) -> str | None:
-    """A process Ray gave GPUs to but whose torch sees no CUDA device (a broken driver, a
-    CPU-only torch on a GPU node) would otherwise hold the GPUs and compute on the CPU:
-    device=cuda raises GPUUnavailableError, device=auto returns the warning to show. ``who``
-    names the process in the message ("worker 0 (classes 0..4)"). None when all is well."""
-    gpus = ray_gpu_ids()
-    if not gpus or device_name == "cpu" or torch.cuda.is_available():
-        return None
-    why = (f"torch {torch.__version__} is a CPU-only build" if torch.version.cuda is None
-           else f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no CUDA device (driver?)")
-    problem = (f"{who} on {where()} holds GPU {','.join(gpus)} from Ray (CUDA_VISIBLE_DEVICES="
-               f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')}) but {why}")
-    if device_name == "cuda":
-        raise GPUUnavailableError(f"{problem}; device=cuda cannot run there")
-    return f"{problem}; it runs on the CPU (device=auto)"
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GPUUnavailableError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
-    return torch.device(str(name))
+from m3d_condense.pipeline.method.baselines import select_real
+from m3d_condense.pipeline.method.compute import pick_device
+from m3d_condense.pipeline.method.diagnostics import moment_report
+from m3d_condense.pipeline.method.engine import Condenser, initial_images, step_until
+from m3d_condense.pipeline.orchestration.placement import check_assigned_gpus, node_id, ray_gpu_ids, where
+from m3d_condense.pipeline.orchestration.protocol import MomentGaps, SliceEntry, Step, StoredSlice, WorkerInfo
+from m3d_condense.pipeline.orchestration.run_store import RunStore
+from m3d_condense.pipeline.results.synthetic import SyntheticSet
 
 
 class ClassWorker:
@@ -124,28 +78,28 @@ class ClassWorker:
         self.losses = list(state["losses"]) if len(state["times"]) else []
         self.restored_from = state["iteration"]
 
-    def info(self) -> dict:
-        return {"classes": self.classes, "iteration": self.condenser.iteration if self.cfg.method == "m3d" else 0,
-                "restored_from": self.restored_from, "restored_bytes": self.store.bytes_read,
-                "device": str(self.device), "pid": os.getpid(), "host": os.uname().nodename, "node": _node_id(),
-                "class_names": self.cache.class_names, "where": where(), "gpu_ids": ray_gpu_ids(),
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "warnings": self.warnings}
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(classes=self.classes, iteration=self.condenser.iteration if self.cfg.method == "m3d" else 0,
+                          restored_from=self.restored_from, restored_bytes=self.store.bytes_read,
+                          device=str(self.device), pid=os.getpid(), host=os.uname().nodename, node=node_id(),
+                          class_names=self.cache.class_names, where=where(), gpu_ids=ray_gpu_ids(),
+                          cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), warnings=self.warnings)
 
-    def run_until(self, target: int, checkpoint: bool, snapshot_url: str | None = None) -> dict:
+    def run_until(self, target: int, checkpoint: bool, snapshot_url: str | None = None) -> Step:
         """Step to iteration ``target``; write this slice's checkpoint there if ``checkpoint``,
         and its slice of the set at ``snapshot_url`` if given (``snapshot_every``). Returns the
         iteration reached, the checkpoint's path (or None), the snapshot slice's index entry (or
         None), the mean loss last logged and the seconds spent."""
         start, written = time.perf_counter(), self.store.bytes_written
-        history = condense(self.condenser, target, self.cfg.log_every, last=self.cfg.iterations)
+        history = step_until(self.condenser, target, self.cfg.log_every, last=self.cfg.iterations)
         for t, losses in history:
             self.times.append(t)
             self.losses.append(torch.tensor(losses))
         rel = self.save() if checkpoint else None
-        snapshot = self.condensed().save_slice(snapshot_url, self.classes) if snapshot_url else None
-        return {"iteration": self.condenser.iteration, "checkpoint": rel, "snapshot": snapshot,
-                "seconds": time.perf_counter() - start, "checkpoint_bytes": self.store.bytes_written - written,
-                "loss": sum(history[-1][1]) / len(history[-1][1]) if history else None}
+        snapshot = self.condensed().write_slice(snapshot_url, self.classes) if snapshot_url else None
+        return Step(iteration=self.condenser.iteration, checkpoint=rel, snapshot=snapshot,
+                    seconds=time.perf_counter() - start, checkpoint_bytes=self.store.bytes_written - written,
+                    loss=sum(history[-1][1]) / len(history[-1][1]) if history else None)
 
     def condensed(self) -> SyntheticSet:
         """This worker's classes of the set as it stands."""
@@ -153,16 +107,16 @@ class ClassWorker:
                             self.cfg.factor, self.cache.class_names)
 
     def save(self) -> str:
-        return self.store.save_slice(self.condenser.iteration, self.classes, self.state())
+        return self.store.write_checkpoint_slice(self.condenser.iteration, self.classes, self.state())
 
-    def select(self) -> dict:
+    def select(self) -> StoredSlice:
         """Store the real images the baseline ``cfg.method`` picks from this worker's classes as
         its slice of the run's synthetic set; returns the slice's index entry."""
         images, labels = select_real(self.cfg, self.cache, self.classes, self.device)
         picked = SyntheticSet(images.cpu(), labels.cpu(), 1, self.cache.class_names)
-        return {"slice": picked.save_slice(self.run_url, self.classes), "class_names": self.cache.class_names}
+        return StoredSlice(picked.write_slice(self.run_url, self.classes), self.cache.class_names)
 
-    def moments(self) -> dict:
+    def moments(self) -> MomentGaps:
         """Moment gaps to this worker's real images of its classes' part of the stored synthetic
         set (decoded) and, for M3D, of the initial set; averaged over its classes."""
         images, labels = SyntheticSet.load(self.run_url, self.classes).decoded()
@@ -172,14 +126,14 @@ class ClassWorker:
             sets["initial"] = (decode(initial, self.cfg.factor), labels)
         d = self.cfg.diagnostics
         gaps = moment_report(sets, self.cache, self.classes, self.cfg, d.encoders, d.real_per_class, self.device)
-        return {"gaps": gaps, "classes": len(self.classes)}
+        return MomentGaps(gaps, len(self.classes))
 
-    def finish(self) -> dict:
+    def finish(self) -> StoredSlice:
         """Store this worker's condensed images as its slice of the run's synthetic set; returns the
         slice's index entry and the loss history (the images stay here: no process gathers the
         whole set)."""
-        return {"slice": self.condensed().save_slice(self.run_url, self.classes), "class_names": self.cache.class_names,
-                **self._history(), "restored_from": self.restored_from}
+        stored: SliceEntry = self.condensed().write_slice(self.run_url, self.classes)
+        return StoredSlice(stored, self.cache.class_names, **self._history(), restored_from=self.restored_from)
 
     def state(self) -> dict:
         """The condenser's state plus the loss history of this worker's classes: what a
@@ -189,11 +143,3 @@ class ClassWorker:
     def _history(self) -> dict:
         losses = torch.stack(self.losses) if self.losses else torch.zeros(0, len(self.classes))
         return {"times": list(self.times), "losses": losses}
-
-
-def _node_id() -> str:
-    """The Ray node this worker runs on (the host name outside Ray)."""
-    ray = sys.modules.get("ray")  # every Ray worker has imported it; the in-process backend need not
-    if ray is not None and ray.is_initialized():
-        return ray.get_runtime_context().get_node_id()
-    return os.uname().nodename

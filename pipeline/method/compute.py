@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from m3d_condense.pipeline.errors import RunError
+
 PRECISIONS = ("fp32", "bf16")
 RECOMPILE_LIMIT = 64  # compiled graphs kept per function
 
@@ -72,3 +74,16 @@ def autocast(device: torch.device, precision: str):
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+class GPUUnavailableError(RunError, RuntimeError):
+    """device=cuda and torch sees no CUDA device (none visible, or none in the GPUs Ray assigned)."""
+
+
+def pick_device(name: str) -> torch.device:
+    """The torch device of ``device=auto|cpu|cuda``: auto is CUDA when torch sees a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GPUUnavailableError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+    return torch.device(str(name))

@@ -15,7 +15,7 @@ from m3d_condense.models import create_model
 from m3d_condense.pipeline.errors import RunError
 
 if TYPE_CHECKING:
-    from m3d_condense.pipeline.config import RunConfig
+    from m3d_condense.pipeline.config.schema import RunConfig
 
 FLOAT = 4  # bytes
 HEADROOM = 0.8  # of the free memory: the estimate runs up to 16% under the measured peak (BENCHMARKS.md)

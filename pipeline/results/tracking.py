@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fsspec.implementations.local import LocalFileSystem
 
-from m3d_condense.pipeline.config import RunConfig, dotted, to_dict
+from m3d_condense.pipeline.config.loader import to_dict
+from m3d_condense.pipeline.config.schema import RunConfig, dotted
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.errors import RunError
 

@@ -1,10 +1,9 @@
-"""The one config schema of a run, and ``load_config``, which composes a preset with overrides.
-
-The dataclasses below are the Hydra structured config (registered as ``base`` in the
-ConfigStore): every key a run understands, its type, its default and what it means. The YAML
-presets in ``configs/`` only override them, and the command line overrides anything
-(``ipc=10 kernel=linear``). A value of the wrong type or outside its choices is refused when
-the config is composed, naming the key.
+"""The one config schema of a run, in plain dataclasses (no Hydra or OmegaConf import here):
+every key a run understands, its type, its default and what it means. ``config/loader.py``
+registers them as Hydra's structured config (``base`` in the ConfigStore) and composes a preset
+with overrides into a ``RunConfig``. The YAML presets in ``configs/`` only override them, and the
+command line overrides anything (``ipc=10 kernel=linear``). A value of the wrong type or outside
+its choices is refused when the config is composed, naming the key.
 
 Adding a key: add a field here, with ``shaping(...)`` if it changes the synthetic set (it then
 enters the run fingerprint, so an old run directory is refused rather than silently resumed
@@ -18,22 +17,18 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from enum import Enum
-from importlib import resources
 from typing import Any, Optional, Union
 
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.config_store import ConfigStore
-from hydra.errors import ConfigCompositionException
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from m3d_condense.kernels import ESTIMATORS, KERNELS
 from m3d_condense.models import list_models
 from m3d_condense.models.augment import GEOMETRIC_OPS, OP_CHOICES, AugmentSpec
-from m3d_condense.pipeline.compute import PRECISIONS
 from m3d_condense.pipeline.data.labeled import class_major_labels
 from m3d_condense.pipeline.errors import RunError
+from m3d_condense.pipeline.method.compute import PRECISIONS
+
+MISSING = "???"  # a required key with no default (the value Hydra and OmegaConf read as missing)
 
 
 class ConfigError(RunError, ValueError):
@@ -169,7 +164,7 @@ class DiagnosticsConfig:
 
 @dataclass
 class TrackingConfig:
-    """Experiment tracking, off by default; the records are summary.json's (``pipeline/tracking.py``)."""
+    """Experiment tracking, off by default; the records are summary.json's (``pipeline/results/tracking.py``)."""
 
     tensorboard: bool = operational(False)  # TensorBoard event files in RUN_DIR/tensorboard (needs `tensorboard`)
     mlflow: bool = operational(False)  # an MLflow run in a local file store (needs `mlflow-skinny`)
@@ -334,48 +329,6 @@ def _check_archs(key: str, archs: list[str]) -> None:
             raise ConfigError(f"{key}: unknown architecture {arch!r}; choose from: {', '.join(models)}")
 
 
-ConfigStore.instance().store(name="base", node=RunConfig)
-
-# Keys a preset may leave None for the manifest of a prepared dataset to fill (preset custom).
-FROM_MANIFEST = ("num_classes", "channels", "image_size", "mean", "std")
-
-
-def list_presets() -> list[str]:
-    files = resources.files("m3d_condense.configs").iterdir()
-    return sorted(f.name[:-5] for f in files if f.name.endswith(".yaml"))
-
-
-def _dotted_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in cfg.items():
-        keys += _dotted_keys(v, f"{prefix}{k}.") if isinstance(v, DictConfig) else [f"{prefix}{k}"]
-    return keys
-
-
-def compose_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The preset with ``overrides`` (Hydra syntax, ``key=value``), typed and resolved, before the
-    dataset is looked at. ConfigError names an unknown preset, key or a value of the wrong type."""
-    presets = list_presets()
-    if preset not in presets:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(presets)}")
-    with initialize_config_module("m3d_condense.configs", version_base=None):
-        try:
-            cfg = compose(config_name=preset, overrides=list(overrides))
-        except ConfigCompositionException as e:
-            valid = _dotted_keys(compose(config_name=preset))
-            cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
-            reason = _omegaconf_reason(cause) if cause else str(e).splitlines()[0]  # its 2nd line suggests "+key"
-            raise ConfigError(f"{reason} (preset {preset!r})\nvalid keys: {', '.join(valid)}") from None
-    OmegaConf.resolve(cfg)
-    return cfg
-
-
-def _omegaconf_reason(e: OmegaConfBaseException) -> str:
-    """OmegaConf's message without its object dump: 'Invalid value 'abc' ... (key lr)'."""
-    first = str(e).splitlines()[0]
-    return f"{first} (key {e.full_key})" if getattr(e, "full_key", None) else first
-
-
 def dotted(tree: dict, prefix: str = "") -> dict[str, Any]:
     """A nested dict as ``{"eval.epochs": 300, ...}``: its leaves under their dotted keys, the
     command line's names."""
@@ -383,67 +336,6 @@ def dotted(tree: dict, prefix: str = "") -> dict[str, Any]:
     for key, value in tree.items():
         out.update(dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
     return out
-
-
-def hydra_overrides(overrides: dict[str, Any]) -> list[str]:
-    """``{"lr": 10, "eval": {"runs": 2}}`` -> ``["lr=10", "eval.runs=2"]``: keyword overrides in
-    the command line's ``key=value`` form."""
-    return [f"{key}={_hydra_value(value)}" for key, value in dotted(overrides).items()]
-
-
-def _hydra_value(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_hydra_value(i) for i in v) + "]"
-    return str(v)
-
-
-def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """The complete, checked config of ``preset`` with ``overrides``: the dataset's source is
-    detected and a prepared dataset's manifest fills (or is checked against) the data keys. A
-    local ``out_dir`` is made absolute: Ray workers write their checkpoint and synthetic slices
-    there, and their working directory is not the driver's."""
-    cfg = compose_config(preset, overrides)
-    from m3d_condense.pipeline.data.dataset import resolve_dataset  # the data layer reads configs, too
-    from m3d_condense.pipeline.data.storage import absolute
-
-    resolve_dataset(cfg.data)
-    cfg.out_dir = absolute(cfg.out_dir)
-    return to_run_config(cfg)
-
-
-def to_run_config(cfg: DictConfig | dict) -> RunConfig:
-    """A RunConfig from a composed config (or a config.yaml read back); runs every check."""
-    node = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg) if isinstance(cfg, dict) else cfg
-    try:
-        run = OmegaConf.to_object(node)
-    except OmegaConfBaseException as e:
-        raise ConfigError(_omegaconf_reason(e)) from None
-    missing = [f"data.{k}" for k in FROM_MANIFEST if getattr(run.data, k) is None]
-    if missing:
-        raise ConfigError(f"{', '.join(missing)} not set: only a prepared dataset (data.root holding manifest.parquet, "
-                          "see pipeline/prepare.py) fills them in")
-    return run
-
-
-def to_dict(cfg: RunConfig) -> dict:
-    """The config as plain JSON/YAML values (choices as their strings)."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
-
-
-def to_yaml(cfg: RunConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
-
-
-def read_config(text: str, where: str = "config.yaml") -> RunConfig:
-    """A run's config.yaml (as ``outputs.write_config`` wrote it) as a RunConfig."""
-    try:
-        return to_run_config(OmegaConf.to_container(OmegaConf.create(text)))
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
 
 
 def shaping_values(section: Any) -> dict:

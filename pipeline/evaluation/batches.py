@@ -1,5 +1,5 @@
 """A condensed set's mini-batches for your own training loop, drawn exactly as our evaluation
-draws them (``pipeline/evaluate.py``, ``train_batch``): a random order per epoch, the decoded
+draws them (``pipeline/evaluation/training.py``, ``train_batch``): a random order per epoch, the decoded
 images of each batch, the recipe's augmentation (``dsa``: flip, colour, then one of crop /
 scale / rotate per mini-batch; ``imagenet``: RandomResizedCrop, flip, colour jitter, lighting),
 normalised; optionally CutMix with the evaluation's probability, as soft labels.
@@ -12,14 +12,13 @@ DSA's "one op per mini-batch" is why this is a batch iterable and not a per-imag
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch.nn import functional as F
 
-from m3d_condense.pipeline.config import ConfigError, RunConfig, compose_config, hydra_overrides, load_config
-from m3d_condense.pipeline.evaluate import epoch_batches
-from m3d_condense.pipeline.seeding import generator
+from m3d_condense.pipeline.evaluation.training import epoch_batches
+from m3d_condense.pipeline.method.seeding import generator
 
 
 class TrainingBatches:
@@ -34,6 +33,8 @@ class TrainingBatches:
 
     def __init__(self, syn: Any, batch_size: int | None = None, *, preset: str = "custom", cutmix: bool = False,
                  seed: int = 0, device: str | torch.device = "cpu", **overrides: Any):
+        from m3d_condense.pipeline.config.loader import hydra_overrides, training_config  # Hydra: only when used
+
         args = hydra_overrides({"eval": {"batch_size": batch_size}} if batch_size else {}) + hydra_overrides(overrides)
         if not cutmix:  # the coin is still drawn per batch, so the augmentation draws match the evaluation's
             args.append("eval.cutmix_prob=0")
@@ -56,22 +57,3 @@ class TrainingBatches:
             else:  # one label format per iterator: probabilities throughout
                 soft = F.one_hot(y, self.num_classes).float()
                 yield x, soft if y_b is None else lam * soft + (1 - lam) * F.one_hot(y_b, self.num_classes).float()
-
-
-def training_config(preset: str, syn: Any, overrides: list[str],
-                    fallback_stats: Callable[[], dict] | None = None) -> RunConfig:
-    """The config of ``preset`` for training on the set ``syn``: its image shape and classes, then
-    ``overrides``; normalised with the preset's mean and std, else the set's (its real data's),
-    else ``fallback_stats()``, else a ConfigError saying what to give."""
-    channels, height, width = syn.images.shape[1:]
-    data = {"num_classes": len(syn.class_names), "channels": int(channels), "image_size": [int(height), int(width)]}
-    args = hydra_overrides({"data": data}) + list(overrides)
-    if compose_config(preset, args).data.mean is None:  # the preset has no statistics (custom)
-        if syn.mean is not None and syn.std is not None:
-            args += hydra_overrides({"data": {"mean": syn.mean, "std": syn.std}})
-        elif fallback_stats is not None:
-            args += hydra_overrides({"data": fallback_stats()})
-        else:
-            raise ConfigError(f"preset {preset!r} has no normalisation and the set carries none: give "
-                              "data={'mean': [...], 'std': [...]} or the preset of its dataset")
-    return load_config(preset, args)

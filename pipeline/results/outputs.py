@@ -1,4 +1,4 @@
-"""What a run writes beside its synthetic set (``pipeline/synthetic.py``): summary.json,
+"""What a run writes beside its synthetic set (``pipeline/results/synthetic.py``): summary.json,
 config.yaml, grid.png, curves.png.
 
 ``path`` is a local path or any fsspec URL. Files are written to a temporary name and moved,
@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from m3d_condense.pipeline.config import RunConfig, to_yaml  # noqa: E402
+from m3d_condense.pipeline.config.loader import to_yaml  # noqa: E402
+from m3d_condense.pipeline.config.schema import RunConfig  # noqa: E402
 from m3d_condense.pipeline.data import storage  # noqa: E402
 
 
@@ -94,3 +98,24 @@ def plot_curves(path: str | Path, loss_history: list[tuple[int, list[float]]],
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="evaluation")
     fig.tight_layout()
     return _save_figure(fig, path)
+
+
+# provenance ---------------------------------------------------------------------------------
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{os.cpu_count()} cpus ({cpu}){gpu}, {torch.get_num_threads()} torch threads"
+
+
+def git_commit() -> str:
+    """The commit of the checkout this runs from (the working directory), or ``unknown``."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

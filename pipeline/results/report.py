@@ -12,7 +12,7 @@ from importlib import resources
 
 import yaml
 
-from m3d_condense.pipeline.config import NAMED_METHODS, named_method
+from m3d_condense.pipeline.config.schema import NAMED_METHODS, named_method
 from m3d_condense.pipeline.data import storage
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}

@@ -1,10 +1,10 @@
 """The result grid: dataset x IPC x method x seed, every finished cell appended to a parquet
 table; a rerun skips the cells the table already has.
 
-    python -m benchmarks.reproduce --presets mnist,fashion_mnist --ipc 1,10,50 \\
+    python pipeline/grid.py --presets mnist,fashion_mnist --ipc 1,10,50 \\
         --methods random,herding,dm,m3d --seeds 0,1,2 [key=value ...] [--out DIR]
 
-Methods (``pipeline.config.NAMED_METHODS``): random, herding, dm (linear kernel), m3d, whole
+Methods (``NAMED_METHODS``, ``pipeline/config/schema.py``): random, herding, dm (linear kernel), m3d, whole
 (the whole training set, the upper bound; its IPC is ignored and the report shows it as "whole
 set"). A variant with its own overrides is NAME:key=value[:key=value...], e.g. dm:lr=0.01 (a
 column of its own in the table).
@@ -21,7 +21,6 @@ iterations, epochs, protocol (the overrides), machine, commit, and the moment ga
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import itertools
@@ -30,11 +29,12 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.record import RESULTS, git_commit, machine
 from m3d_condense.pipeline.cli import run
-from m3d_condense.pipeline.config import NAMED_METHODS, load_config
+from m3d_condense.pipeline.config.loader import load_config
+from m3d_condense.pipeline.config.schema import NAMED_METHODS
 from m3d_condense.pipeline.data import storage
-from m3d_condense.pipeline.report import grid_markdown, grid_report
+from m3d_condense.pipeline.results.outputs import git_commit, machine
+from m3d_condense.pipeline.results.report import grid_report
 
 KEY = ("dataset", "ipc", "method", "seed", "protocol")
 
@@ -85,41 +85,29 @@ def cell_rows(summary: dict, cell: dict) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", required=True)
-    ap.add_argument("--ipc", default="1,10,50")
-    ap.add_argument("--methods", default="random,herding,dm,m3d")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--out", default=str(RESULTS / "grid"))
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args(argv)
-    table = storage.join(args.out, "results.parquet")
-    protocol = " ".join(args.overrides)
-    grid = itertools.product(args.presets.split(","), [int(v) for v in args.ipc.split(",")], args.methods.split(","),
-                             [int(v) for v in args.seeds.split(",")])
-    for preset, ipc, method, seed in grid:
+def run_grid(presets: list[str], ipcs: list[int], methods: list[str], seeds: list[int], out: str,
+             overrides: list[str]) -> list[dict]:
+    """Run every cell of presets x ipcs x methods x seeds not yet in ``out``'s table (each
+    finished cell is kept as ``out/cells/<cell>.parquet`` and the table rebuilt from them); write
+    ``out/results.parquet`` and ``out/report.html``; returns the table's rows."""
+    table = storage.join(out, "results.parquet")
+    protocol = " ".join(overrides)
+    for preset, ipc, method, seed in itertools.product(presets, ipcs, methods, seeds):
         cell = {"dataset": preset, "ipc": ipc, "method": method, "seed": seed, "protocol": protocol}
-        done = {tuple(r[k] for k in KEY) for r in read_cells(args.out)}  # other processes' cells too
+        done = {tuple(r[k] for k in KEY) for r in read_cells(out)}  # other processes' cells too
         if tuple(cell[k] for k in KEY) in done:
             print(f"[grid] skip {preset} ipc {ipc} {method} seed {seed}: in {table}", file=sys.stderr)
             continue
-        overrides = [o.replace("{preset}", preset) for o in args.overrides]
+        cell_overrides = [o.replace("{preset}", preset) for o in overrides]
         base, *variant = method.split(":")
         name = f"{preset}_{method.replace(':', '_').replace('=', '')}_ipc{ipc}_s{seed}"
         cfg = load_config(preset, [*NAMED_METHODS[base], *variant, f"ipc={ipc}", f"seed={seed}",
-                                   f"out_dir={storage.join(args.out, 'runs')}", f"run_name={name}", *overrides])
+                                   f"out_dir={storage.join(out, 'runs')}", f"run_name={name}", *cell_overrides])
         print(f"[grid] {preset} ipc {ipc} {method} seed {seed}", file=sys.stderr, flush=True)
         rows = cell_rows(run(cfg, progress=False), cell)
         cell_file = f"{name}_{hashlib.sha1(protocol.encode()).hexdigest()[:8]}.parquet"
-        write_table(storage.join(args.out, "cells", cell_file), rows)
-        rebuild_table(args.out)  # after every cell: an interruption loses one cell at most
-    rows = rebuild_table(args.out)
-    storage.write_bytes_atomic(storage.join(args.out, "report.html"), grid_report(rows).encode())
-    print(grid_markdown(rows))
-    print(f"[grid] {len(rows)} rows in {table}; report: {storage.join(args.out, 'report.html')}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        write_table(storage.join(out, "cells", cell_file), rows)
+        rebuild_table(out)  # after every cell: an interruption loses one cell at most
+    rows = rebuild_table(out)
+    storage.write_bytes_atomic(storage.join(out, "report.html"), grid_report(rows).encode())
+    return rows

@@ -31,12 +31,12 @@ import torch
 
 from m3d_condense.kernels import mmd2
 from m3d_condense.models import NUM_UNIFORMS, augment, create_model, decode, mix_init
-from m3d_condense.pipeline.compute import autocast, compiled_call, synchronize, use_compile
-from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.config.schema import RunConfig
 from m3d_condense.pipeline.data import ClassCache
 from m3d_condense.pipeline.data.labeled import class_major_labels
-from m3d_condense.pipeline.memory import classes_per_forward
-from m3d_condense.pipeline.seeding import derive_seed, generator
+from m3d_condense.pipeline.method.compute import autocast, compiled_call, synchronize, use_compile
+from m3d_condense.pipeline.method.memory import classes_per_forward
+from m3d_condense.pipeline.method.seeding import derive_seed, generator
 
 
 def build_encoder(s: RunConfig, index: int, stream: str = "encoder") -> torch.nn.Module:
@@ -238,7 +238,7 @@ class Condenser:
         self.iteration = int(state["iteration"])
 
 
-def condense(condenser: Condenser, until: int, log_every: int = 1, last: int | None = None) -> list[tuple[int, list[float]]]:
+def step_until(condenser: Condenser, until: int, log_every: int = 1, last: int | None = None) -> list[tuple[int, list[float]]]:
     """Step ``condenser`` to iteration ``until``; returns [(t, per-class losses)] of every
     ``log_every``-th iteration and of the run's last one (``last``, default ``until``: a worker
     that runs in parts passes the run's total)."""

@@ -6,10 +6,10 @@ from typing import Sequence
 
 import torch
 
-from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.config.schema import RunConfig
 from m3d_condense.pipeline.data import ClassCache
 from m3d_condense.pipeline.data.labeled import class_major_labels
-from m3d_condense.pipeline.engine import build_encoder
+from m3d_condense.pipeline.method.engine import build_encoder
 
 CHUNK = 256  # images per feature forward
 

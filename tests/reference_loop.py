@@ -25,9 +25,9 @@ import torch
 
 from m3d_condense.kernels import mmd2
 from m3d_condense.models import augment, decode
-from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.config.schema import RunConfig
 from m3d_condense.pipeline.data import ClassCache
-from m3d_condense.pipeline.engine import augment_uniforms, build_encoder, initial_images
+from m3d_condense.pipeline.method.engine import augment_uniforms, build_encoder, initial_images
 
 
 class ReferenceLoop:

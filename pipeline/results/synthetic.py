@@ -121,7 +121,7 @@ class SyntheticSet(torch.utils.data.Dataset):
         except (KeyError, TypeError, AttributeError) as e:
             raise SyntheticSetError(f"{url}: not a synthetic set slice (missing or malformed {e})") from None
 
-    def save_slice(self, run_dir: str, classes: list[int], uint8: bool = False) -> dict[str, Any]:
+    def write_slice(self, run_dir: str, classes: list[int], uint8: bool = False) -> dict[str, Any]:
         """Write this set (the rows of ``classes``, a contiguous range) as one slice of the run under
         ``run_dir``; returns its index entry. Rewriting a slice replaces it whole. ``uint8`` stores
         the pixels as round(x * 255), a quarter of the bytes (a published set); ``load`` reads
@@ -140,8 +140,8 @@ class SyntheticSet(torch.utils.data.Dataset):
 
     def batches(self, batch_size: int | None = None, **options: Any):
         """Mini-batches of the decoded set for your own training loop, augmented and normalised
-        exactly as our evaluation draws them: ``pipeline/train_batches.py`` (``TrainingBatches``)."""
-        from m3d_condense.pipeline.train_batches import TrainingBatches
+        exactly as our evaluation draws them: ``pipeline/evaluation/batches.py`` (``TrainingBatches``)."""
+        from m3d_condense.pipeline.evaluation.batches import TrainingBatches
 
         return TrainingBatches(self, batch_size, **options)
 
@@ -150,23 +150,23 @@ class SyntheticSet(torch.utils.data.Dataset):
         ``webdataset`` (shards and manifest our data layer reads), ``parquet`` (images and
         labels for Hugging Face ``datasets``), ``dcbench`` (the .pt DC-Bench's loader reads;
         ``dataset=`` required) or ``ddranking`` (DD-Ranking's image tensor and hard labels;
-        ``dataset=`` required); see ``pipeline/export.py``. Returns ``dest``."""
-        from m3d_condense.pipeline.export import export  # the writers' imports are only paid here
+        ``dataset=`` required); see ``pipeline/results/export.py``. Returns ``dest``."""
+        from m3d_condense.pipeline.results.export import export  # the writers' imports are only paid here
 
         return export(self, dest, format, **options)
 
     def save(self, run_dir: str, uint8: bool = False) -> None:
         """Store the whole set under ``run_dir`` as one slice and its index (``uint8``: see
-        ``save_slice``)."""
+        ``write_slice``)."""
         classes = list(range(len(self.class_names)))
-        write_index(run_dir, [self.save_slice(run_dir, classes, uint8)], self.factor, self.class_names,
+        write_index(run_dir, [self.write_slice(run_dir, classes, uint8)], self.factor, self.class_names,
                     self.mean, self.std)
 
 
 def write_index(run_dir: str, slices: list[dict[str, Any]], factor: int, class_names: list[str],
                 mean: list[float] | None = None, std: list[float] | None = None) -> None:
     """The index of a stored set, written after every slice it lists: a reader that finds it finds
-    the whole set. ``slices`` are ``save_slice``'s entries, in any order; ``mean``/``std`` the
+    the whole set. ``slices`` are ``write_slice``'s entries, in any order; ``mean``/``std`` the
     real data's normalisation."""
     slices = sorted(slices, key=lambda s: s["classes"][0])
     index = {"format": FORMAT, "factor": int(factor), "class_names": list(class_names),

@@ -26,11 +26,11 @@ import torch
 from torch.nn import functional as F
 
 from m3d_condense.models import NUM_UNIFORMS, augment, create_model, decode_rows, imagenet_augment
-from m3d_condense.pipeline.compute import autocast, use_compile
-from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.config.schema import RunConfig
 from m3d_condense.pipeline.data import LabeledImages
 from m3d_condense.pipeline.logs import progress_bar
-from m3d_condense.pipeline.seeding import derive_seed, generator
+from m3d_condense.pipeline.method.compute import autocast, use_compile
+from m3d_condense.pipeline.method.seeding import derive_seed, generator
 
 # Optimizer steps from which eval.compile=auto compiles: the one-off compile (about a minute
 # for the training and test graphs on CPU) is then a small part of the run.

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
-from m3d_condense.pipeline.config import RunConfig
+from m3d_condense.pipeline.config.schema import RunConfig
 from m3d_condense.pipeline.errors import RunError
-from m3d_condense.pipeline.worker import ClassWorker
+from m3d_condense.pipeline.orchestration.protocol import EvalJob, EvalPlacement, MomentGaps, Step, StoredSlice, WorkerInfo
+from m3d_condense.pipeline.orchestration.worker import ClassWorker
 
 # Forwarded from the driver's environment into every actor and task, so that credentials and
 # endpoints given to the command (e.g. AWS_ENDPOINT_URL for MinIO) reach the workers.
@@ -81,7 +82,7 @@ def actor_resources(cfg: RunConfig, workers: int) -> dict[str, Any]:
 
 
 class RayWorkers:
-    """The workers as Ray actors; ``call`` runs a method on all of them concurrently."""
+    """The workers as Ray actors (a ``WorkerGroup``): each method runs on all of them concurrently."""
 
     def __init__(self, cfg: RunConfig, splits: list[list[int]], run_url: str):
         import ray
@@ -93,17 +94,31 @@ class RayWorkers:
         self.splits, self.resources, self.restart_wait_s = splits, res, cfg.ray.restart_wait_s
         self.actors = [remote.remote(cfg, s, run_url, f"worker {i}") for i, s in enumerate(splits)]
 
-    def call(self, method: str, *args) -> list[Any]:
-        return self.call_each(method, [args] * len(self.actors))
+    def info(self) -> list[WorkerInfo]:
+        return self._on_all(lambda actor: actor.info.remote())
 
-    def call_each(self, method: str, args: list[tuple]) -> list[Any]:
+    def run_until(self, target: int, checkpoint: bool, snapshot_url: str | None = None) -> list[Step]:
+        return self._on_all(lambda actor: actor.run_until.remote(target, checkpoint, snapshot_url))
+
+    def select(self) -> list[StoredSlice]:
+        return self._on_all(lambda actor: actor.select.remote())
+
+    def finish(self) -> list[StoredSlice]:
+        return self._on_all(lambda actor: actor.finish.remote())
+
+    def moments(self) -> list[MomentGaps]:
+        return self._on_all(lambda actor: actor.moments.remote())
+
+    def _on_all(self, call: Callable[[Any], Any]) -> list[Any]:
+        """``call(actor)`` (an actor method's ``.remote(...)``) on every actor at once; their
+        results in worker order, a failure as WorkerError naming the worker."""
         import ray
 
-        refs = [getattr(a, method).remote(*a_args) for a, a_args in zip(self.actors, args, strict=True)]
+        refs = [call(a) for a in self.actors]
         out = []
         for i, ref in enumerate(refs):
             try:
-                out.append(self._get(i, ref, method, args[i]))
+                out.append(self._get(i, ref, call))
             except ray.exceptions.RayTaskError as e:
                 raise WorkerError(f"worker {i} (classes {_span(self.splits[i])}) failed: {_task_failure(e)}") from None
             except ray.exceptions.RayActorError as e:
@@ -113,7 +128,7 @@ class RayWorkers:
                                   f"ray.max_restarts times; last error: {_last_error(e)}") from None
         return out
 
-    def _get(self, i: int, ref, method: str, args: tuple) -> Any:
+    def _get(self, i: int, ref, call: Callable[[Any], Any]) -> Any:
         """The result of ``ref``. When the actor's node or process is gone, Ray restarts it
         elsewhere (it reloads its last checkpoint), but calls fail as "unavailable" until the
         cluster has noticed and placed it, which can outlast Ray's own retries: wait for it to
@@ -126,7 +141,7 @@ class RayWorkers:
                 return ray.get(ref)
             except ray.exceptions.ActorUnavailableError:
                 self._wait_until_placed(i)
-                ref = getattr(self.actors[i], method).remote(*args)
+                ref = call(self.actors[i])
 
     def _wait_until_placed(self, i: int) -> None:
         import ray
@@ -173,15 +188,15 @@ def _span(classes: list[int]) -> str:
     return f"{classes[0]}..{classes[-1]}" if len(classes) > 1 else str(classes[0])
 
 
-def evaluate_remote(jobs: list[dict], source, cfg: RunConfig,
-                    record_paths: list[str | None] | None = None) -> tuple[list, list[dict]]:
+def evaluate_remote(jobs: list[EvalJob], source, cfg: RunConfig,
+                    record_paths: list[str | None] | None = None) -> tuple[list, list[EvalPlacement]]:
     """Run ``train_and_test`` for each job as a Ray task, holding ``ray.eval_gpus`` of a GPU
     each when the cluster has GPUs (and device is not cpu). Each task reads the test split on
     its own node (``load_split_here``) and the synthetic set ``source`` from the run directory
     that stores it (a URL), so nothing heavy passes through the driver; a set in memory (a
     ``SyntheticSet``) goes through the object store. A task given a record path (``record_paths``,
-    one per job) records its result there as it ends (``eval_records``). Returns the results and,
-    per job, what it held: ``{"gpu_ids", "resources", "warning"}``."""
+    one per job) records its result there as it ends (``evaluation/records.py``). Returns the results and,
+    per job, what it held (``EvalPlacement``)."""
     import ray
 
     share = float(cfg.ray.eval_gpus)
@@ -194,7 +209,7 @@ def evaluate_remote(jobs: list[dict], source, cfg: RunConfig,
     task = ray.remote(_evaluate_one).options(num_cpus=cfg.ray.eval_cpus, num_gpus=share if gpu else 0)
     train = source if isinstance(source, str) else ray.put(source)
     paths = record_paths or [None] * len(jobs)
-    futures = [task.remote(train, j["arch"], cfg, j["seed"], f"evaluation {j['arch']} run {j['run'] + 1}", path)
+    futures = [task.remote(train, j.arch, cfg, j.seed, f"evaluation {j.arch} run {j.run + 1}", path)
                for j, path in zip(jobs, paths, strict=True)]
     out = []
     for j, ref in zip(jobs, futures, strict=True):
@@ -203,7 +218,7 @@ def evaluate_remote(jobs: list[dict], source, cfg: RunConfig,
         except ray.exceptions.RayTaskError as e:
             # The other tasks are not cancelled: ray.cancel of a task that is just ending aborts
             # the driver (Ray 2.60); they end with the driver's job.
-            raise WorkerError(f"evaluation {j['arch']} run {j['run'] + 1} failed: {_task_failure(e)}") from None
+            raise WorkerError(f"evaluation {j.arch} run {j.run + 1} failed: {_task_failure(e)}") from None
     return [r for r, _ in out], [p for _, p in out]
 
 
@@ -211,11 +226,12 @@ def _evaluate_one(source, arch, cfg, seed, who, record_path=None):
     import ray
 
     from m3d_condense.pipeline.data.dataset import load_split_here
-    from m3d_condense.pipeline.eval_records import write_record
-    from m3d_condense.pipeline.evaluate import train_and_test
+    from m3d_condense.pipeline.evaluation.records import write_record
+    from m3d_condense.pipeline.evaluation.training import train_and_test
     from m3d_condense.pipeline.logs import log, setup_logging
-    from m3d_condense.pipeline.synthetic import SyntheticSet
-    from m3d_condense.pipeline.worker import check_assigned_gpus, pick_device, ray_gpu_ids
+    from m3d_condense.pipeline.method.compute import pick_device
+    from m3d_condense.pipeline.orchestration.placement import check_assigned_gpus, ray_gpu_ids
+    from m3d_condense.pipeline.results.synthetic import SyntheticSet
 
     setup_logging()  # a Ray task may run in a fresh process
     warning = check_assigned_gpus(cfg.device, who)
@@ -227,5 +243,4 @@ def _evaluate_one(source, arch, cfg, seed, who, record_path=None):
                             factor=train.factor)
     if record_path is not None:
         write_record(record_path, result)
-    return result, {"gpu_ids": ray_gpu_ids(), "warning": warning,
-                    "resources": ray.get_runtime_context().get_assigned_resources()}
+    return result, EvalPlacement(ray_gpu_ids(), ray.get_runtime_context().get_assigned_resources(), warning)

@@ -1,6 +1,6 @@
 """The control plane at ImageNet-1K's class count, on one machine: 1000 classes of tiny images.
 
-    python -m benchmarks.control_plane [--classes 1000 --per-class 20 --size 8 --workers 1,2,4,8
+    python -m tests.control_plane [--classes 1000 --per-class 20 --size 8 --workers 1,2,4,8
                                         --iterations 20]
 
 Prepares a 1000-class dataset (generated, ``--size`` px, ``--per-class`` train images) into
@@ -32,7 +32,7 @@ import torch
 
 from benchmarks.record import RESULTS, append, git_commit, machine
 from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
-from m3d_condense.pipeline.synthetic import SyntheticSet
+from m3d_condense.pipeline.results.synthetic import SyntheticSet
 
 OUT = RESULTS / "control_plane.jsonl"
 RUN = Path(__file__).resolve().parent.parent / "pipeline" / "run.py"

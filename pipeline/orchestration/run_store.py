@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from m3d_condense.pipeline.config import RunConfig, dotted, fingerprint, hydra_overrides, shaping_values
+from m3d_condense.pipeline.config.loader import hydra_overrides
+from m3d_condense.pipeline.config.schema import RunConfig, dotted, fingerprint, shaping_values
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.errors import RunError
 
@@ -153,7 +154,7 @@ class RunStore:
         self.write(state)
 
     # slices ----------------------------------------------------------------------------
-    def save_slice(self, iteration: int, classes: list[int], state: dict[str, Any]) -> str:
+    def write_checkpoint_slice(self, iteration: int, classes: list[int], state: dict[str, Any]) -> str:
         rel = f"{_checkpoint_dir(iteration)}/classes-{classes[0]:05d}-{classes[-1]:05d}.pt"
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -161,7 +162,7 @@ class RunStore:
         self.bytes_written += buf.getbuffer().nbytes
         return rel
 
-    def load_slice(self, rel: str) -> dict[str, Any]:
+    def read_checkpoint_slice(self, rel: str) -> dict[str, Any]:
         raw = storage.read_bytes(self.path(rel))
         self.bytes_read += len(raw)
         return torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
@@ -178,7 +179,7 @@ class RunStore:
             first, last = slice_classes(rel)
             if not wanted.intersection(range(first, last + 1)):
                 continue
-            sl = self.load_slice(rel)
+            sl = self.read_checkpoint_slice(rel)
             per = len(sl["images"]) // len(sl["classes"])
             for i, c in enumerate(sl["classes"]):
                 if c in classes:
@@ -213,7 +214,7 @@ SLICE_NAME = re.compile(r"classes-(\d+)-(\d+)\.pt$")
 
 
 def slice_classes(rel: str) -> tuple[int, int]:
-    """The first and last class a checkpoint slice holds, from its name (``save_slice``)."""
+    """The first and last class a checkpoint slice holds, from its name (``write_checkpoint_slice``)."""
     m = SLICE_NAME.search(rel)
     if m is None:
         raise ResumeError(f"{rel}: not a checkpoint slice name (classes-FIRST-LAST.pt)")

@@ -1,0 +1,55 @@
+"""Where a process runs, for the workers' and evaluation tasks' messages and checks: the GPUs
+Ray assigned it, its host and Ray node, and the check that a process holding GPUs can use them.
+Ray is read from ``sys.modules`` only: every Ray worker has imported it, the in-process backend
+need not."""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from m3d_condense.pipeline.method.compute import GPUUnavailableError
+
+
+def ray_gpu_ids() -> list[str]:
+    """The GPU ids Ray assigned to this process (an actor or task that asked for num_gpus);
+    empty outside Ray and in the driver."""
+    ray = sys.modules.get("ray")  # every Ray worker process has imported it; importing it here costs seconds
+    if ray is None or not ray.is_initialized():
+        return []
+    return [str(g) for g in ray.get_gpu_ids()]
+
+
+def where() -> str:
+    """This process's host, node IP and Ray node id, for messages about placement."""
+    host = os.uname().nodename
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return f"host {host}"
+    return f"node {host} ({ray.util.get_node_ip_address()}, Ray node {ray.get_runtime_context().get_node_id()})"
+
+
+def check_assigned_gpus(device_name: str, who: str) -> str | None:
+    """A process Ray gave GPUs to but whose torch sees no CUDA device (a broken driver, a
+    CPU-only torch on a GPU node) would otherwise hold the GPUs and compute on the CPU:
+    device=cuda raises GPUUnavailableError, device=auto returns the warning to show. ``who``
+    names the process in the message ("worker 0 (classes 0..4)"). None when all is well."""
+    gpus = ray_gpu_ids()
+    if not gpus or device_name == "cpu" or torch.cuda.is_available():
+        return None
+    why = (f"torch {torch.__version__} is a CPU-only build" if torch.version.cuda is None
+           else f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no CUDA device (driver?)")
+    problem = (f"{who} on {where()} holds GPU {','.join(gpus)} from Ray (CUDA_VISIBLE_DEVICES="
+               f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')}) but {why}")
+    if device_name == "cuda":
+        raise GPUUnavailableError(f"{problem}; device=cuda cannot run there")
+    return f"{problem}; it runs on the CPU (device=auto)"
+
+
+def node_id() -> str:
+    """The Ray node this process runs on (the host name outside Ray)."""
+    ray = sys.modules.get("ray")  # every Ray worker has imported it; the in-process backend need not
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return os.uname().nodename
