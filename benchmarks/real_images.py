@@ -16,7 +16,7 @@ worker owning that slice would (``chunk_classes=1`` unless given: what the first
 picks on a CPU; the step is then a loop over classes, so its time scales with them; eager,
 ``compile=false``, unless given), and
 reports wall and CPU seconds per iteration and the
-peak RSS growth over the steps beside the engine's estimate (pipeline/memory.py).
+peak RSS growth over the steps beside the engine's estimate (pipeline/method/memory.py).
 ``eval`` trains the preset's first evaluation network on the initial stored set (real images,
 decoded multi-formation) for ``--epochs`` epochs and tests it once: train epochs/s and the
 test pass's seconds. Rows go to benchmarks/results/real_images.jsonl (benchmarks/record.py).
@@ -40,10 +40,10 @@ OUT = RESULTS / "real_images.jsonl"
 
 STEP_CHILD = """
 import json, resource, sys, time, torch
-from m3d_condense.pipeline.config import load_config
+from m3d_condense.pipeline.config.loader import load_config
 from m3d_condense.pipeline.data import open_class_cache
-from m3d_condense.pipeline.engine import Condenser
-from m3d_condense.pipeline.memory import step_bytes
+from m3d_condense.pipeline.method.engine import Condenser
+from m3d_condense.pipeline.method.memory import step_bytes
 preset, steps, owned, overrides = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 s = load_config(preset, overrides)
 device = torch.device("cpu")
@@ -75,11 +75,11 @@ print(json.dumps({"preset": preset, "overrides": overrides, "arch": s.encoder.ar
 EVAL_CHILD = """
 import json, resource, sys, time, torch
 from m3d_condense.models import create_model
-from m3d_condense.pipeline.config import load_config
+from m3d_condense.pipeline.config.loader import load_config
 from m3d_condense.pipeline.data import load_split, open_class_cache
-from m3d_condense.pipeline.engine import initial_images
-from m3d_condense.pipeline.evaluate import test_accuracy, train_epoch
-from m3d_condense.pipeline.seeding import generator
+from m3d_condense.pipeline.method.engine import initial_images
+from m3d_condense.pipeline.evaluation.training import test_accuracy, train_epoch
+from m3d_condense.pipeline.method.seeding import generator
 preset, epochs, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 s = load_config(preset, overrides)
 d, e, arch = s.data, s.eval, s.eval.archs[0]

@@ -13,7 +13,7 @@ against, so it does what that loop does and nothing less:
 - the clamp to [0, 1] once per iteration (the release clamps at the start of the next
   iteration: the same sequence of images).
 
-It draws the same randomness as ``pipeline.engine`` (encoder from (seed, t // ipm), real batch
+It draws the same randomness as ``pipeline.method.engine`` (encoder from (seed, t // ipm), real batch
 from (seed, c, t), augmentation row c of the (seed, t) table), so both can be compared number
 for number (tests/test_engine.py) and timed on the same work (benchmarks/speed_vs_reference.py).
 """

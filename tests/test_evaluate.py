@@ -56,7 +56,7 @@ def test_the_test_pass_bounds_its_batch_by_pixels_so_224px_sets_fit_in_memory():
     """1000 images of 224 px through ResNetAP-10 held ~24 GiB at once (more than a 23 GiB
     machine has): the test forward now takes at most TEST_PIXELS pixels per batch."""
     from m3d_condense.pipeline.data import LabeledImages
-    from m3d_condense.pipeline.evaluate import TEST_PIXELS, test_accuracy
+    from m3d_condense.pipeline.evaluation.training import TEST_PIXELS, test_accuracy
 
     seen = []
 
