@@ -49,7 +49,7 @@ def test_a_worker_whose_classes_fall_back_to_streaming_says_so(tmp_path):
     prepare(str(tmp_path / "src"), str(tmp_path / "ds"), PrepareOptions(progress=False), log=lambda m: None)
     common = [f"data.root={tmp_path / 'ds'}", "ipc=1", "factor=1", "batch_real=4", "encoder.width=8", "device=cpu"]
     small = ClassWorker(load_config("custom", [*common, "data.cache_gb=1e-9"]), [0, 1], str(tmp_path / "run"))
-    assert any("reads and decodes its real batches from the shards" in w for w in small.info()["warnings"])
+    assert any("reads and decodes its real batches from the shards" in w for w in small.info().warnings)
     chosen = ClassWorker(load_config("custom", [*common, "data.cache=stream"]), [0, 1], str(tmp_path / "run2"))
     roomy = ClassWorker(load_config("custom", common), [0, 1], str(tmp_path / "run3"))
-    assert chosen.info()["warnings"] == [] and roomy.info()["warnings"] == []
+    assert chosen.info().warnings == [] and roomy.info().warnings == []

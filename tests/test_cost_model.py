@@ -195,7 +195,7 @@ def test_driver_stops_and_checkpoints_follow_the_drivers_schedule():
         cfg = small_config(*extra, "iterations=1000")
         t, stops, checkpoints = 0, 0, 0
         while t < cfg.iterations:
-            t, checkpoint = _next_stop(t, cfg)
+            t, checkpoint, _snapshot = _next_stop(t, cfg)
             stops, checkpoints = stops + 1, checkpoints + checkpoint
         assert cm.driver_stops(cfg) == (stops, checkpoints)
 
