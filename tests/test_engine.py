@@ -136,14 +136,19 @@ def test_a_class_smaller_than_the_real_batch_uses_all_its_images_and_scores_as_i
     assert torch.isfinite(ours.step()).all()
 
 
-def test_compiled_encoder_gives_the_eager_result_within_float_rounding(tiny_data):
+def test_each_compiled_step_gives_the_eager_step_within_float_rounding(tiny_data):
+    """Every step starts from the eager run's state: two free-running trajectories may part after a
+    few steps, because a rounding-sized difference can flip a ReLU or pooling kink and lr = ipc = 2
+    turns that into a visible pixel change (seen on an AVX2 CPU at step 5); one step cannot."""
     eager = Condenser(settings(), ClassCache.from_labeled(tiny_data, range(4)), range(4))
     compiled = Condenser(settings(compile=True), ClassCache.from_labeled(tiny_data, range(4)), range(4))
-    for _ in range(5):  # crosses an encoder change (ipm 2): the compiled graph takes the new weights
+    start = eager.images.clone()
+    for _ in range(6):  # crosses encoder changes (ipm 2): the compiled graph takes the new weights
+        compiled.load_state_dict(eager.state_dict())
         torch.testing.assert_close(compiled.step(), eager.step(), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(compiled.images, eager.images, rtol=0, atol=1e-4)
-    assert not torch.equal(compiled.images, Condenser(settings(), ClassCache.from_labeled(tiny_data, range(4)),
-                                                      range(4)).images)  # the images did move
+        torch.testing.assert_close(compiled.images, eager.images, rtol=0, atol=1e-4)
+        torch.testing.assert_close(compiled.momentum, eager.momentum, rtol=0, atol=1e-4)
+    assert not torch.equal(eager.images, start)  # the images did move
 
 
 @pytest.mark.parametrize("mode", ["reference", "batched"])
