@@ -2,24 +2,17 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
 from pathlib import Path
+
+from m3d_condense.pipeline.results.provenance import git_commit as _commit_of
+from m3d_condense.pipeline.results.provenance import machine  # noqa: F401  (re-exported for the benchmarks)
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def machine() -> str:
-    return f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus"
+    """The commit of this checkout (the benchmarks' own), wherever the command runs from."""
+    return _commit_of(Path(__file__).parent)
 
 
 def append(path: Path, row: dict) -> None:

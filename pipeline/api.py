@@ -132,9 +132,7 @@ def prepared_root(splits: dict[str, tuple[np.ndarray, np.ndarray]], names: list[
 
 def training_set(train: Any, class_names: list[str]) -> SyntheticSet:
     """``train`` as a SyntheticSet: a condensed set as it is, real images with factor 1."""
-    if isinstance(train, SyntheticSet):
-        return train
-    if isinstance(train, str) and is_stored(train):
-        return SyntheticSet.load(train)
+    if isinstance(train, SyntheticSet) or (isinstance(train, str) and is_stored(train)):
+        return SyntheticSet.of(train)
     real = labeled_split(train, "train", None if isinstance(train, str) else class_names)
     return SyntheticSet(real.images.float().div_(255.0), real.labels.long(), 1, list(real.class_names))

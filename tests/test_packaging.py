@@ -7,6 +7,7 @@ import shutil
 import site
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from conftest import REPO
@@ -61,6 +62,12 @@ def test_pip_install_into_a_fresh_venv_adds_one_top_level_package_and_the_consol
     usage = subprocess.run([venv / "bin" / "m3d-condense", "--help"], capture_output=True, text=True, cwd=tmp_path,
                            env=env)
     assert usage.returncode == 0 and "usage: python pipeline/run.py PRESET" in usage.stdout and "cifar10" in usage.stdout
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, target in scripts.items():  # every command script is installed, and answers --help
+        usage = subprocess.run([venv / "bin" / name, "--help"], capture_output=True, text=True, cwd=tmp_path, env=env)
+        script = target.split(":")[0].rsplit(".", 1)[-1]
+        assert usage.returncode == 0 and "usage:" in usage.stdout, (name, usage.stdout[-300:], usage.stderr[-300:])
+        assert script == "cli" or f"pipeline/{script}.py" in usage.stdout, (name, usage.stdout[:200])
     copied = tmp_path / "home" / "run.py"  # as `ray submit` copies it
     copied.parent.mkdir()
     shutil.copy(REPO / "pipeline" / "run.py", copied)

@@ -251,7 +251,7 @@ def run_evaluations(cfg: RunConfig, source: SyntheticSet | str, backend: str, de
                 log.warning(p.warning)
             ended(j, r, f"; {p.resources['GPU']:g} of GPU {','.join(p.gpu_ids)}" if p.gpu_ids else "")
     elif todo:
-        train = source if isinstance(source, SyntheticSet) else SyntheticSet.load(source)
+        train = SyntheticSet.of(source)
         test = test if test is not None else load_split(cfg.data, "test")
         for j in todo:
             r = train_and_test(train.images, train.labels, test, j.arch, cfg, j.seed, device,

@@ -237,7 +237,7 @@ def _evaluate_one(source, arch, cfg, seed, who, record_path=None):
     warning = check_assigned_gpus(cfg.device, who)
     if warning:  # now, for whoever follows the logs; the driver repeats it with the result
         log.warning(warning)
-    train = SyntheticSet.load(source) if isinstance(source, str) else source
+    train = SyntheticSet.of(source)
     test = load_split_here(cfg.data, "test")
     result = train_and_test(train.images, train.labels, test, arch, cfg, seed, pick_device(cfg.device),
                             factor=train.factor)

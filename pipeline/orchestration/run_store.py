@@ -1,8 +1,9 @@
 """A run's durable state at ``OUT_DIR/RUN_NAME`` (any fsspec URL), owned by ``RunStore``.
 
-Every ``checkpoint_every`` iterations each worker writes its slice — synthetic images,
-momentum, iteration, loss history of its classes — to ``checkpoints/it<t>/classes-<a>-<b>.pt``
-(temporary name, then move). Only when every slice of iteration t is written does the driver
+Every ``checkpoint_every`` iterations each worker writes its slice — the slice format of the
+stored set (``results/synthetic.py``) with the optimiser's state added: momentum, iteration,
+loss history of its classes — to ``checkpoints/it<t>/synthetic/classes-<a>-<b>.pt`` (temporary
+name, then move). Only when every slice of iteration t is written does the driver
 record it in ``run.json``: a checkpoint is complete exactly when run.json points to it, and
 the older ones are then deleted. A worker restores the rows of *its* classes from whichever
 slices hold them, so a resumed run may use a different number of workers.
@@ -13,9 +14,7 @@ run that fails before it leaves nothing that would refuse a corrected command.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
-import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -26,6 +25,7 @@ from m3d_condense.pipeline.config.loader import hydra_overrides
 from m3d_condense.pipeline.config.schema import RunConfig, dotted, fingerprint, shaping_values
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.errors import RunError
+from m3d_condense.pipeline.results.synthetic import FOLDER, SyntheticSet, read_slice, slice_classes
 
 RUN_FILE = "run.json"
 CHECKPOINTS = "checkpoints"
@@ -154,18 +154,20 @@ class RunStore:
         self.write(state)
 
     # slices ----------------------------------------------------------------------------
-    def write_checkpoint_slice(self, iteration: int, classes: list[int], state: dict[str, Any]) -> str:
-        rel = f"{_checkpoint_dir(iteration)}/classes-{classes[0]:05d}-{classes[-1]:05d}.pt"
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        storage.write_bytes_atomic(self.path(rel), buf.getvalue())
-        self.bytes_written += buf.getbuffer().nbytes
-        return rel
+    def write_checkpoint_slice(self, iteration: int, condensed: SyntheticSet, classes: list[int],
+                               state: dict[str, Any]) -> str:
+        """Store the set ``condensed`` of ``classes`` with the optimiser ``state`` (momentum,
+        iteration, times, losses) as their slice of the checkpoint of ``iteration``; returns its
+        path relative to the run."""
+        folder = _checkpoint_dir(iteration)
+        entry = condensed.write_slice(self.path(folder), classes, state=state)
+        self.bytes_written += entry["bytes"]
+        return f"{folder}/{FOLDER}/{entry['file']}"
 
     def read_checkpoint_slice(self, rel: str) -> dict[str, Any]:
-        raw = storage.read_bytes(self.path(rel))
-        self.bytes_read += len(raw)
-        return torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+        payload, size = read_slice(self.path(rel), listed_in=self.path(RUN_FILE))
+        self.bytes_read += size
+        return payload
 
     def restore(self, state: RunState, classes: list[int]) -> dict[str, Any]:
         """The state of ``classes`` at the run's checkpoint, gathered from its slices: images and
@@ -180,6 +182,8 @@ class RunStore:
             if not wanted.intersection(range(first, last + 1)):
                 continue
             sl = self.read_checkpoint_slice(rel)
+            if "momentum" not in sl:
+                raise ResumeError(f"{self.path(rel)}: a set's slice without the optimiser state, not a checkpoint slice")
             per = len(sl["images"]) // len(sl["classes"])
             for i, c in enumerate(sl["classes"]):
                 if c in classes:
@@ -208,14 +212,3 @@ class RunStore:
 
 def _checkpoint_dir(iteration: int) -> str:
     return f"{CHECKPOINTS}/it{iteration:07d}"
-
-
-SLICE_NAME = re.compile(r"classes-(\d+)-(\d+)\.pt$")
-
-
-def slice_classes(rel: str) -> tuple[int, int]:
-    """The first and last class a checkpoint slice holds, from its name (``write_checkpoint_slice``)."""
-    m = SLICE_NAME.search(rel)
-    if m is None:
-        raise ResumeError(f"{rel}: not a checkpoint slice name (classes-FIRST-LAST.pt)")
-    return int(m.group(1)), int(m.group(2))

@@ -107,7 +107,8 @@ class ClassWorker:
                             self.cfg.factor, self.cache.class_names)
 
     def save(self) -> str:
-        return self.store.write_checkpoint_slice(self.condenser.iteration, self.classes, self.state())
+        return self.store.write_checkpoint_slice(self.condenser.iteration, self.condensed(), self.classes,
+                                                 self.state())
 
     def select(self) -> StoredSlice:
         """Store the real images the baseline ``cfg.method`` picks from this worker's classes as
@@ -136,9 +137,10 @@ class ClassWorker:
         return StoredSlice(stored, self.cache.class_names, **self._history(), restored_from=self.restored_from)
 
     def state(self) -> dict:
-        """The condenser's state plus the loss history of this worker's classes: what a
-        checkpoint slice holds."""
-        return {**self.condenser.state_dict(), **self._history()}
+        """What a checkpoint slice holds beside the set's own keys: the optimiser's momentum, the
+        iteration and the loss history of this worker's classes."""
+        engine = self.condenser.state_dict()
+        return {"momentum": engine["momentum"], "iteration": engine["iteration"], **self._history()}
 
     def _history(self) -> dict:
         losses = torch.stack(self.losses) if self.losses else torch.zeros(0, len(self.classes))

@@ -33,7 +33,7 @@ from m3d_condense.pipeline.cli import run
 from m3d_condense.pipeline.config.loader import load_config
 from m3d_condense.pipeline.config.schema import NAMED_METHODS
 from m3d_condense.pipeline.data import storage
-from m3d_condense.pipeline.results.outputs import git_commit, machine
+from m3d_condense.pipeline.results.provenance import git_commit, machine
 from m3d_condense.pipeline.results.report import grid_report
 
 KEY = ("dataset", "ipc", "method", "seed", "protocol")

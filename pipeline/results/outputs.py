@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import platform
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -98,24 +95,3 @@ def plot_curves(path: str | Path, loss_history: list[tuple[int, list[float]]],
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="evaluation")
     fig.tight_layout()
     return _save_figure(fig, path)
-
-
-# provenance ---------------------------------------------------------------------------------
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{os.cpu_count()} cpus ({cpu}){gpu}, {torch.get_num_threads()} torch threads"
-
-
-def git_commit() -> str:
-    """The commit of the checkout this runs from (the working directory), or ``unknown``."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"

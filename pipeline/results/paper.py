@@ -38,6 +38,7 @@ from m3d_condense.pipeline.method.compute import pick_device
 from m3d_condense.pipeline.orchestration.driver import run_evaluations, snapshot_url
 from m3d_condense.pipeline.orchestration.run_store import RunStore, Status
 from m3d_condense.pipeline.results import outputs
+from m3d_condense.pipeline.results.provenance import git_commit, machine
 from m3d_condense.pipeline.results.report import paper_accuracy
 from m3d_condense.pipeline.results.synthetic import SyntheticSet, is_stored
 
@@ -161,7 +162,7 @@ def cell_row(cell: Cell, cfg: RunConfig, summary: dict, selection: dict) -> dict
         "condense_seconds": summary["condense_seconds"], "eval_seconds": sum(e["seconds"]),
         "selection_seconds": selection["seconds"],
         "overrides": cell.overrides, "select_every": cell.select_every,
-        "command": cell_command(cell), "machine": outputs.machine(), "commit": outputs.git_commit(),
+        "command": cell_command(cell), "machine": machine(), "commit": git_commit(),
         "finished": time.strftime("%Y-%m-%d"),
     }
 

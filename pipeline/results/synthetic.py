@@ -5,6 +5,11 @@ A run stores its set in slices, one per worker, plus an index written last::
     synthetic/index.json                  {"format", "factor", "class_names", "slices": [...]}
     synthetic/classes-00000-00124.pt      {"images", "labels", "classes", "factor"} of classes 0..124
 
+A slice is the one file format of the project: a checkpoint (``orchestration/run_store.py``,
+``checkpoints/it<t>/synthetic/classes-<a>-<b>.pt``) writes the same slice with the optimiser's
+state added to it (``state``: momentum rows, iteration, loss history), and a snapshot
+(``snapshot_every``) is a stored set of its own.
+
 Each worker writes the slice of its own classes, so no process ever holds the whole set to
 store it; the driver writes only the index. ``SyntheticSet.load(run_dir)`` reads all of it back
 (or, with ``classes``, only the slices that hold those classes). Run directories written before
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -33,6 +40,8 @@ from m3d_condense.pipeline.errors import RunError
 FORMAT = "m3d-synthetic/1"
 FOLDER = "synthetic"
 INDEX = f"{FOLDER}/index.json"
+SLICE_NAME = re.compile(r"classes-(\d+)-(\d+)\.pt$")
+SET_KEYS = ("images", "labels", "classes", "factor")  # what every slice holds; a checkpoint adds state
 LEGACY_FILE = "synthetic.pt"  # one file with the whole set: run directories from before the slices
 
 
@@ -85,6 +94,12 @@ class SyntheticSet(torch.utils.data.Dataset):
 
     # stored form ---------------------------------------------------------------------------------
     @classmethod
+    def of(cls, source: SyntheticSet | str) -> SyntheticSet:
+        """``source`` itself when it is a set in memory, else the set stored under the run
+        directory ``source``: the one place a "set or where it is stored" argument is resolved."""
+        return source if isinstance(source, SyntheticSet) else cls.load(source)
+
+    @classmethod
     def load(cls, run_dir: str, classes: Iterable[int] | None = None) -> SyntheticSet:
         """The set a run stored under ``run_dir`` (a path or fsspec URL). With ``classes``, only the
         slices holding those classes are read and only their rows returned."""
@@ -94,7 +109,7 @@ class SyntheticSet(torch.utils.data.Dataset):
         if not storage.exists(index_url):
             legacy = storage.join(run_dir, LEGACY_FILE)
             if storage.exists(legacy):
-                whole = cls._from_payload(_read_pt(legacy), legacy)
+                whole = cls._from_payload(read_slice(legacy)[0], legacy)
                 return whole if wanted is None else whole.of_classes(wanted)
             raise SyntheticSetError(f"{run_dir}: no synthetic set ({INDEX} is missing; has the run condensed?)")
         index = read_index(run_dir)
@@ -104,7 +119,7 @@ class SyntheticSet(torch.utils.data.Dataset):
             if wanted is not None and not any(first <= c <= last for c in wanted):
                 continue
             url = storage.join(run_dir, FOLDER, entry["file"])
-            parts.append(cls._from_payload(_read_pt(url), url, index["class_names"]))
+            parts.append(cls._from_payload(read_slice(url)[0], url, index["class_names"]))
         if not parts:
             raise SyntheticSetError(f"{index_url}: no slice holds classes {wanted[:10]}")
         merged = SyntheticSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
@@ -121,17 +136,23 @@ class SyntheticSet(torch.utils.data.Dataset):
         except (KeyError, TypeError, AttributeError) as e:
             raise SyntheticSetError(f"{url}: not a synthetic set slice (missing or malformed {e})") from None
 
-    def write_slice(self, run_dir: str, classes: list[int], uint8: bool = False) -> dict[str, Any]:
+    def write_slice(self, run_dir: str, classes: list[int], uint8: bool = False,
+                    state: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write this set (the rows of ``classes``, a contiguous range) as one slice of the run under
         ``run_dir``; returns its index entry. Rewriting a slice replaces it whole. ``uint8`` stores
         the pixels as round(x * 255), a quarter of the bytes (a published set); ``load`` reads
-        either."""
+        either. ``state`` (a checkpoint's: momentum, iteration, loss history) is stored beside
+        the set's own keys in the same file."""
         classes = sorted(int(c) for c in classes)
-        name = f"classes-{classes[0]:05d}-{classes[-1]:05d}.pt"
+        name = slice_name(classes)
         images = self.images.detach().float().cpu().contiguous()
         if uint8:
             images = torch.from_numpy(unit_to_uint8(images.numpy()))
         payload = {"images": images, "labels": self.labels.cpu().long(), "classes": classes, "factor": int(self.factor)}
+        clash = set(payload) & set(state or {})
+        if clash:
+            raise ValueError(f"a slice's state may not replace its set keys {sorted(clash)}")
+        payload.update(state or {})
         buf = io.BytesIO()
         torch.save(payload, buf)
         storage.write_bytes_atomic(storage.join(run_dir, FOLDER, name), buf.getvalue())
@@ -204,10 +225,30 @@ def is_stored(run_dir: str) -> bool:
     return storage.exists(storage.join(str(run_dir), INDEX)) or storage.exists(storage.join(str(run_dir), LEGACY_FILE))
 
 
-def _read_pt(url: str) -> dict[str, Any]:
+def slice_name(classes: list[int]) -> str:
+    """The file name of the slice holding the contiguous class range ``classes``."""
+    return f"classes-{classes[0]:05d}-{classes[-1]:05d}.pt"
+
+
+def slice_classes(name: str) -> tuple[int, int]:
+    """The first and last class a slice holds, from its name or path (``slice_name``)."""
+    m = SLICE_NAME.search(name)
+    if m is None:
+        raise SyntheticSetError(f"{name}: not a slice name (classes-FIRST-LAST.pt)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def read_slice(url: str, listed_in: str = "the synthetic set's index") -> tuple[dict[str, Any], int]:
+    """The payload of the slice file at ``url`` and its size in bytes; a missing, truncated or
+    foreign file is a SyntheticSetError naming it (and ``listed_in``, what said it exists)."""
     try:
-        return torch.load(io.BytesIO(storage.read_bytes(url)), weights_only=True, map_location="cpu")
+        raw = storage.read_bytes(url)
     except FileNotFoundError:
-        raise SyntheticSetError(f"{url}: listed in the synthetic set's index but missing") from None
-    except (RuntimeError, EOFError, ValueError) as e:  # truncated or not a torch file
-        raise SyntheticSetError(f"{url}: unreadable synthetic set slice ({e})") from None
+        raise SyntheticSetError(f"{url}: listed in {listed_in} but missing") from None
+    try:
+        payload = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:  # truncated or not a torch file
+        raise SyntheticSetError(f"{url}: unreadable slice ({e})") from None
+    if not isinstance(payload, dict) or "images" not in payload:
+        raise SyntheticSetError(f"{url}: not a slice (no images)")
+    return payload, len(raw)
