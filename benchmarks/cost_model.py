@@ -19,11 +19,18 @@ Every number is one of (the JSON's ``sources`` says which, per field):
 - measured: by this command on this machine (encoder construction, per-class sampling, the
   synthetic-state copies of one step), or earlier, with the source named (BENCHMARKS.md,
   ../shared/reference/ENVIRONMENT.md);
+- measured on a CPU, same networks: ``benchmarks/results/real_images.jsonl`` holds the CPU
+  seconds of real condensation steps and evaluation epochs of the presets' own networks on real
+  photographs (``python -m benchmarks.real_images step|eval|peak``); their counted FLOPs over
+  those seconds give each network's achieved rate per core and its fraction of the core's fp32
+  convolution peak. That fraction replaces the ConvNet-3 assumption for the network it was
+  measured on, and the ``cpu_*`` fields project the condensation and evaluation in core-hours
+  at that measured rate (``measured_cpu_rates``);
 - assumed: everything else, listed in ``ASSUMPTIONS`` with why; ``--set NAME=VALUE`` changes one.
 
 No data is read: the presets are composed with ``compose_config`` + ``to_run_config``.
 ``--override`` passes Hydra overrides to every preset (another shape or evaluation model).
-Prints four Markdown tables; docs/scaling.md explains them.
+Prints five Markdown tables; docs/scaling.md explains them.
 """
 from __future__ import annotations
 
@@ -43,7 +50,7 @@ from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.flops import count_flops
-from benchmarks.record import git_commit, machine
+from benchmarks.record import RESULTS, git_commit, machine
 from m3d_condense.models import create_model
 from m3d_condense.pipeline.config.loader import compose_config, to_run_config
 from m3d_condense.pipeline.config.schema import RunConfig
@@ -55,7 +62,8 @@ from m3d_condense.pipeline.method.memory import HEADROOM, activation_bytes_per_i
 from m3d_condense.pipeline.orchestration.groups import split_classes
 
 GiB, GB = 2**30, 1e9
-DEFAULT_OUT = Path(__file__).parent / "results" / "cost_model.json"
+DEFAULT_OUT = RESULTS / "cost_model.json"
+MEASURED_CPU = RESULTS / "real_images.jsonl"  # real steps and epochs of the presets' networks on a CPU
 DATASETS = {"imagenet100": "ImageNet-100", "imagenet1k": "ImageNet-1K"}
 
 
@@ -151,6 +159,80 @@ def eval_flops_per_image(cfg: RunConfig, arch: str) -> tuple[int, int]:
     with torch.no_grad():
         test = count_flops(lambda: net.eval()(x))
     return train // 2, test // 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Measured on a CPU: the presets' own networks on real photographs (benchmarks/real_images.py)
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class MeasuredRate:
+    """A network's achieved fp32 rate on one CPU core, from a recorded step or epoch."""
+
+    what: str  # "step" (condensation, all classes) or "eval" (one training epoch)
+    arch: str
+    image_size: tuple[int, int]
+    flops: int  # counted FLOPs of the measured step or epoch
+    cpu_s: float  # its measured CPU seconds (one thread)
+    fraction_of_peak: float | None  # of the core's fp32 convolution peak, where a peak row exists
+    source: str
+
+    @property
+    def flop_per_cpu_s(self) -> float:
+        return self.flops / self.cpu_s
+
+
+def _row_config(row: dict) -> RunConfig:
+    """The config of a recorded row, composed without its data (``data.root`` is not read)."""
+    overrides = tuple(o for o in row["overrides"] if not o.startswith(("data.root=", "ipc=")))
+    return preset_config(row["preset"], int(row["ipc"]), overrides)
+
+
+def measured_cpu_rates(path: Path = MEASURED_CPU) -> dict[tuple[str, str, tuple[int, int]], MeasuredRate]:
+    """(what, arch, image size) -> the newest recorded rate of that network on a CPU core. A step
+    row's real batch is what its classes held (``real_images_cached`` over ``classes_timed``, at
+    most ``batch_real``); an eval row's epoch trains ``train_images`` images."""
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    peaks = [r["conv_fp32_gflops_per_cpu_s"] * 1e9 for r in rows if r["benchmark"] == "real_images.peak"]
+    peak = peaks[-1] if peaks else None
+    out = {}
+    for r in rows:
+        if r["benchmark"] == "real_images.step":
+            cfg = _row_config(r)
+            per_class = min(cfg.batch_real, r["real_images_cached"] // r["classes_timed"])
+            flops, cpu_s = step_flops(cfg, per_class), r["s_per_iteration_cpu_all_classes"]
+            what = "step"
+        elif r["benchmark"] == "real_images.eval":
+            cfg = _row_config(r)
+            flops, cpu_s = eval_flops_per_image(cfg, r["arch"])[0] * r["train_images"], 1 / r["epochs_per_s_cpu"]
+            what = "eval"
+        else:
+            continue
+        size = tuple(r["image_size"])
+        out[(what, r["arch"], size)] = MeasuredRate(
+            what, r["arch"], size, flops, cpu_s, flops / cpu_s / peak if peak else None,
+            f"measured: {r['preset']} {what} of {r['arch']} at {size[0]} px on a CPU core, {cpu_s:.1f} CPU-s "
+            f"for {flops / 1e12:.2f} TFLOP counted ({MEASURED_CPU.name}, commit {r.get('commit', '?')}, "
+            f"{'eager' if not r.get('compiled') else 'compiled'})")
+    return out
+
+
+def with_measured_fractions(cfg: RunConfig, a: dict[str, float], cpu: dict) -> tuple[dict[str, float], dict[str, str]]:
+    """The assumptions for ``cfg``: its encoder's and evaluation network's measured fractions of
+    peak replace the ConvNet-3 ones (fp32; bf16 keeps the assumption: the CPUs measured here
+    emulate bf16); and where each fraction came from."""
+    a = dict(a)
+    sources = {"condense": ASSUMPTIONS["condense_fraction_fp32"].source, "eval": ASSUMPTIONS["eval_fraction_fp32"].source}
+    size = tuple(cfg.data.image_size)
+    for what, arch in (("step", cfg.encoder.arch), ("eval", cfg.eval.archs[0])):
+        m = cpu.get((what, arch, size))
+        if m is not None and m.fraction_of_peak is not None:
+            key = "condense" if what == "step" else "eval"
+            a[f"{key}_fraction_fp32"] = m.fraction_of_peak
+            sources[key] = f"{m.source}: {100 * m.fraction_of_peak:.1f}% of the core's fp32 convolution peak"
+    return a, sources
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,6 +507,21 @@ def eval_fields(cfg: RunConfig, gpus: int, c: Counted, a: dict[str, float]) -> d
             **{f"eval_s_{p}": waves * flops / r[f"eval_{p}"] for p in ("bf16", "fp32")}}
 
 
+def cpu_fields(cfg: RunConfig, c: Counted, cpu: dict, a: dict[str, float], fraction_sources: dict[str, str]) -> dict:
+    """The condensation (all classes, ``iterations``) and one evaluation run in CPU core-hours at
+    the measured rate of the same network (None where it was not measured), and the fractions of
+    peak the GPU times used, with their sources."""
+    size = tuple(cfg.data.image_size)
+    step, epoch = cpu.get(("step", cfg.encoder.arch, size)), cpu.get(("eval", cfg.eval.archs[0], size))
+    runs = eval_fields(cfg, 1, c, a)["eval_flops_per_run"]
+    return {"cpu_condense_core_h": cfg.iterations * c.flops / step.flop_per_cpu_s / 3600 if step else None,
+            "cpu_eval_core_h_per_run": runs / epoch.flop_per_cpu_s / 3600 if epoch else None,
+            "cpu_step_gflop_per_core_s": step.flop_per_cpu_s / 1e9 if step else None,
+            "cpu_eval_gflop_per_core_s": epoch.flop_per_cpu_s / 1e9 if epoch else None,
+            "condense_fraction_fp32_used": a["condense_fraction_fp32"], "eval_fraction_fp32_used": a["eval_fraction_fp32"],
+            "condense_fraction_source": fraction_sources["condense"], "eval_fraction_source": fraction_sources["eval"]}
+
+
 def record(cfg: RunConfig, gpus: int, c: Counted, a: dict[str, float]) -> dict:
     """One (dataset, IPC, GPU count) row of the model."""
     C = cfg.data.num_classes
@@ -479,6 +576,11 @@ SOURCES = {
     "formula / (measured host gather rate + assumed host-to-device rate)": ["host_tier_transfer_s",
                                                                            "host_tier_transfer_s_if_host"],
     "sums of the above": ["condense_s_bf16", "condense_s_fp32", "total_s_bf16", "total_s_fp32"],
+    "counted FLOPs / the measured CPU rate of the same network (real_images.jsonl); None where not measured": [
+        "cpu_condense_core_h", "cpu_eval_core_h_per_run", "cpu_step_gflop_per_core_s", "cpu_eval_gflop_per_core_s"],
+    "measured on a CPU for the same network where real_images.jsonl has it, else assumed (the *_source field "
+    "says which)": ["condense_fraction_fp32_used", "eval_fraction_fp32_used", "condense_fraction_source",
+                    "eval_fraction_source"],
 }
 
 
@@ -492,7 +594,8 @@ def fmt_s(seconds: float) -> str:
 
 
 def tables(records: list[dict]) -> str:
-    """Four Markdown tables: per dataset and IPC; memory per worker; time; object-store traffic."""
+    """Five Markdown tables: per dataset and IPC; memory per worker; time; object-store traffic;
+    the measured CPU rates of the same networks and the core-hours they project."""
     first = {(r["preset"], r["ipc"]): r for r in records if r["gpus"] == min(x["gpus"] for x in records)}
     out = ["| dataset | IPC | TFLOP / iteration (counted) | PFLOP / 1000 it | checkpoint GB | eval epochs "
            "| decoded eval set GB | eval PFLOP / run |", "|---|---|---|---|---|---|---|---|"]
@@ -530,6 +633,16 @@ def tables(records: list[dict]) -> str:
         out.append(f"| {r['dataset']} | {r['ipc']} | {r['gpus']} | {r['checkpoint_bytes'] / GB:,.2f} | "
                    f"{r['resume_read_bytes_total_all_slices'] / GB:,.1f} ({fmt_s(r['resume_read_s_all_slices'])}) | "
                    f"{r['resume_read_bytes_total_own_slices'] / GB:,.1f} ({fmt_s(r['resume_read_s_own_slices'])}) |")
+    out += ["", "| dataset | IPC | network (encoder / eval) | measured CPU GFLOP/s per core (step / epoch) "
+                "| fraction of fp32 peak used (condense / eval) | condensation, core-h on CPU | one eval run, core-h on CPU |",
+            "|---|---|---|---|---|---|---|"]
+    for r in first.values():
+        def num(v, f):
+            return "not measured" if v is None else format(v, f)
+        out.append(f"| {r['dataset']} | {r['ipc']} | {r['encoder']} / {r['eval_arch']} | "
+                   f"{num(r['cpu_step_gflop_per_core_s'], '.1f')} / {num(r['cpu_eval_gflop_per_core_s'], '.1f')} | "
+                   f"{100 * r['condense_fraction_fp32_used']:.1f}% / {100 * r['eval_fraction_fp32_used']:.1f}% | "
+                   f"{num(r['cpu_condense_core_h'], ',.0f')} | {num(r['cpu_eval_core_h_per_run'], ',.0f')} |")
     return "\n".join(out)
 
 
@@ -579,13 +692,16 @@ def run_model(args: argparse.Namespace) -> dict:
     measured = {"state_copies": state_copies(), "encoder_build_s": encoder_build_seconds(base),
                 "sample_s_per_class": sample_seconds_per_class(base, per_class_first),
                 "host_gather_bytes_per_s": host_gather_rate(base, per_class_first)}
+    cpu = measured_cpu_rates()
     records = []
     for preset in presets:
         per_class = int(a.get(f"{preset}_train_per_class", a["imagenet1k_train_per_class"]))
         for ipc in ipcs:
             cfg = preset_config(preset, ipc, overrides)
             counted = count(cfg, per_class, measured)
-            records += [record(cfg, n, counted, a) for n in gpus]
+            a_cfg, fraction_sources = with_measured_fractions(cfg, a, cpu)
+            on_cpu = cpu_fields(cfg, counted, cpu, a_cfg, fraction_sources)
+            records += [{**record(cfg, n, counted, a_cfg), **on_cpu} for n in gpus]
     return {
         "model": "benchmarks/cost_model.py", "commit": git_commit(), "torch": torch.__version__,
         "machine": machine(), "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - start, 1),
@@ -593,6 +709,7 @@ def run_model(args: argparse.Namespace) -> dict:
         "code_constants": {"memory.HEADROOM": HEADROOM, "dataset.DEVICE_CACHE_FRACTION": DEVICE_CACHE_FRACTION,
                            "FORWARD_STATE_COPIES": FORWARD_STATE_COPIES},
         "rates_flop_per_s": rates(a), "measured_here": measured, "sources": SOURCES,
+        "measured_cpu_rates": [dataclasses.asdict(m) for m in cpu.values()],
         "overrides": list(overrides), "records": records,
     }
 

@@ -4,6 +4,7 @@ condensation step (s/iteration, peak memory) and the evaluation's epochs/s of a 
     python -m benchmarks.real_images prepare SOURCE_FOLDER --size 128 [--per-class 40]
     python -m benchmarks.real_images step PRESET data.root=DATA [key=value ...] [--steps 3]
     python -m benchmarks.real_images eval PRESET data.root=DATA [key=value ...] [--epochs 2]
+    python -m benchmarks.real_images peak
 
 ``prepare`` links the first ``--per-class`` train and val JPEGs of every class of an
 ImageFolder into a temporary folder and runs ``pipeline/prepare.py --size S --workers 1`` on
@@ -19,7 +20,10 @@ reports wall and CPU seconds per iteration and the
 peak RSS growth over the steps beside the engine's estimate (pipeline/method/memory.py).
 ``eval`` trains the preset's first evaluation network on the initial stored set (real images,
 decoded multi-formation) for ``--epochs`` epochs and tests it once: train epochs/s and the
-test pass's seconds. Rows go to benchmarks/results/real_images.jsonl (benchmarks/record.py).
+test pass's seconds. ``peak`` is the core's fp32 convolution rate (ConvNet-3's 128->128 3x3
+convolution at 16x16, forward, one thread) per CPU second: the denominator the cost model
+divides the measured step and epoch rates by (their fraction of peak), counted in CPU seconds
+like them, so it holds on a loaded machine. Rows go to benchmarks/results/real_images.jsonl (benchmarks/record.py).
 """
 from __future__ import annotations
 
@@ -114,6 +118,26 @@ print(json.dumps({"preset": preset, "overrides": overrides, "arch": arch, "recip
                   "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 """
 
+PEAK_CHILD = """
+import json, time, torch
+from torch.nn import functional as F
+torch.set_num_threads(1)
+x, w = torch.randn(64, 128, 16, 16), torch.randn(128, 128, 3, 3)
+flops = 2 * 64 * 128 * 16 * 16 * 128 * 9
+with torch.no_grad():
+    for _ in range(3):
+        F.conv2d(x, w, padding=1)  # warm-up
+    rates = []
+    for _ in range(5):
+        n, cpu = 0, time.process_time()
+        while time.process_time() - cpu < 1.0:
+            F.conv2d(x, w, padding=1)
+            n += 1
+        rates.append(n * flops / (time.process_time() - cpu) / 1e9)
+print(json.dumps({"conv_fp32_gflops_per_cpu_s": round(max(rates), 1), "what": "ConvNet-3 conv 128->128 3x3 at "
+                  "16x16, batch 64, forward, one thread; best of 5 one-CPU-second windows"}))
+"""
+
 
 def child(code: str, args: list[str]) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -166,8 +190,8 @@ def prepare_rate(source: Path, size: int, per_class: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("prepare", "step", "eval"))
-    ap.add_argument("target", help="prepare: an ImageFolder; step/eval: a preset")
+    ap.add_argument("what", choices=("prepare", "step", "eval", "peak"))
+    ap.add_argument("target", nargs="?", default="", help="prepare: an ImageFolder; step/eval: a preset")
     ap.add_argument("overrides", nargs="*", help="step/eval: key=value overrides (data.root=... required)")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--per-class", type=int, default=40)
@@ -180,7 +204,9 @@ def main() -> None:
     args = ap.parse_args()
     stamp = {"benchmark": f"real_images.{args.what}", "machine": machine(), "omp_threads": os.environ.get(
         "OMP_NUM_THREADS"), "note": args.note}
-    if args.what == "prepare":
+    if args.what == "peak":
+        row = child(PEAK_CHILD, [])
+    elif args.what == "prepare":
         row = prepare_rate(Path(args.target), args.size, args.per_class)
     else:
         overrides = list(args.overrides)

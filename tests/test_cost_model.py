@@ -217,3 +217,37 @@ def test_wall_time_is_the_slowest_workers_flops_over_the_rate_plus_its_overheads
             assert many["compute_s_bf16"] < eight["compute_s_bf16"] < one["compute_s_bf16"]
             assert many["sync_s"] >= eight["sync_s"] > one["sync_s"] == 0  # one GPU: in-process, no actor calls
             assert one["eval_s_fp32"] == pytest.approx(3 * eight["eval_s_fp32"])  # 3 evaluation runs, in turn on one GPU
+
+
+def test_a_measured_cpu_step_sets_its_networks_rate_fraction_of_peak_and_core_hours(tmp_path):
+    """A recorded step of ResNetAP-10 at 224 px (as benchmarks/real_images.py writes it) gives that
+    network's rate = counted FLOPs / CPU seconds, its fraction of the recorded peak, and the
+    ImageNet-100 condensation's core-hours at that rate; a network not measured keeps the assumption."""
+    step = {"benchmark": "real_images.step", "preset": "imagenet10", "overrides": ["data.root=/x", "ipc=1",
+            "chunk_classes=1", "compile=false"], "arch": "resnetap10", "image_size": [224, 224], "ipc": 1,
+            "classes_timed": 1, "real_images_cached": 50, "s_per_iteration_cpu_all_classes": 100.0, "commit": "abc"}
+    peak = {"benchmark": "real_images.peak", "conv_fp32_gflops_per_cpu_s": 50.0}
+    path = tmp_path / "real_images.jsonl"
+    path.write_text(json.dumps(step) + "\n" + json.dumps(peak) + "\n")
+    rates = cm.measured_cpu_rates(path)
+    (m,) = rates.values()
+    cfg10 = cm.preset_config("imagenet10", 1, ("chunk_classes=1", "compile=false"))
+    assert m.flops == cm.step_flops(cfg10, 50) and m.cpu_s == 100.0  # 50 real images per class: all it held
+    assert m.fraction_of_peak == pytest.approx(m.flops / 100.0 / 50e9)
+    a = {k: v.value for k, v in cm.ASSUMPTIONS.items()}
+    cfg = cm.preset_config("imagenet100", 10)
+    used, sources = cm.with_measured_fractions(cfg, a, rates)
+    assert used["condense_fraction_fp32"] == m.fraction_of_peak and "resnetap10" in sources["condense"]
+    assert used["eval_fraction_fp32"] == a["eval_fraction_fp32"] and sources["eval"].startswith("assumed")
+    counted = cm.count(cfg, 1300, {})
+    fields = cm.cpu_fields(cfg, counted, rates, used, sources)
+    assert fields["cpu_condense_core_h"] == pytest.approx(cfg.iterations * counted.flops / (m.flops / 100.0) / 3600)
+    assert fields["cpu_eval_core_h_per_run"] is None
+
+
+def test_the_recorded_real_image_rows_measure_the_imagenet_presets_encoder():
+    """benchmarks/results/real_images.jsonl holds a measured step of ResNetAP-10 at 224 px, so the
+    ImageNet-100/1K projections use that network's measured rate, not ConvNet-3's."""
+    rates = cm.measured_cpu_rates()
+    m = rates[("step", "resnetap10", (224, 224))]
+    assert 1e9 < m.flop_per_cpu_s < 1e12  # a CPU core: between 1 GFLOP/s and 1 TFLOP/s
