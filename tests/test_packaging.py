@@ -7,9 +7,9 @@ import shutil
 import site
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 from conftest import REPO
 
 PACKAGE_FOLDERS = ("kernels", "models", "pipeline", "configs")
