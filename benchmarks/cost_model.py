@@ -59,6 +59,7 @@ from m3d_condense.pipeline.data.dataset import DEVICE_CACHE_FRACTION
 from m3d_condense.pipeline.evaluation.training import eval_epochs
 from m3d_condense.pipeline.method.engine import Condenser, build_encoder
 from m3d_condense.pipeline.method.memory import HEADROOM, activation_bytes_per_image, step_bytes
+from m3d_condense.pipeline.method.spec import CondenseSpec
 from m3d_condense.pipeline.orchestration.groups import split_classes
 
 GiB, GB = 2**30, 1e9
@@ -132,7 +133,8 @@ def meta_condenser(cfg: RunConfig, per_class: int, classes: list[int] | None = N
     meta = torch.device("meta")
     images = torch.empty(len(classes) * per_class, cfg.data.channels, h, w, dtype=torch.uint8, device=meta)
     cache = ClassCache(images, {c: per_class for c in classes}, meta)
-    condenser = Condenser(dataclasses.replace(cfg, compile=False, chunk_classes=len(classes)), cache, classes, meta)
+    spec = dataclasses.replace(CondenseSpec.of(cfg), compile=False, chunk_classes=len(classes))
+    condenser = Condenser(spec, cache, classes, meta)
     # torch.autocast refuses the meta device even when disabled; bf16 does not change the FLOPs.
     condenser._autocast = contextlib.nullcontext
     return condenser
@@ -253,7 +255,8 @@ def encoder_build_seconds(cfg: RunConfig, repeats: int = 5) -> float:
     """Seconds to build one random encoder (``engine.build_encoder``, on the CPU as the engine does
     every ``ipm`` iterations), median on this machine."""
     index = iter(range(10**6))
-    return median_seconds(lambda: build_encoder(cfg, next(index)), repeats)
+    spec = CondenseSpec.of(cfg)
+    return median_seconds(lambda: build_encoder(spec, next(index)), repeats)
 
 
 def sample_seconds_per_class(cfg: RunConfig, per_class: int, classes: int = 200, repeats: int = 5) -> float:
@@ -312,7 +315,7 @@ def state_copies(update_mode: str = "reference") -> dict[str, float]:
     h, w = cfg.data.image_size
     images = torch.randint(0, 256, (len(classes) * per_class, cfg.data.channels, h, w), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
-    condenser = Condenser(cfg, ClassCache(images, {c: per_class for c in classes}), classes)
+    condenser = Condenser(CondenseSpec.of(cfg), ClassCache(images, {c: per_class for c in classes}), classes)
     condenser.step()
     tracker, returned = _LiveBytes(), {}
     inner = condenser.losses_and_grad
@@ -388,7 +391,7 @@ class Counted:
     """What is counted or measured once per (preset, ipc), and on this machine once per run."""
 
     flops: int  # one iteration, all classes
-    act_per_class: int  # memory.step_bytes(cfg, 1)
+    act_per_class: int  # memory.step_bytes(CondenseSpec.of(cfg), 1)
     eval_train_flops: int  # per image
     eval_test_flops: int  # per image
     eval_act_per_image: int  # the evaluation model's module outputs for one image (memory.activation_bytes_per_image)
@@ -399,7 +402,7 @@ def count(cfg: RunConfig, per_class: int, here: dict) -> Counted:
     arch = cfg.eval.archs[0]
     train, test = eval_flops_per_image(cfg, arch)
     kept, _ = activation_bytes_per_image(arch, cfg.data.channels, cfg.data.num_classes, cfg.data.image_size, None)
-    return Counted(step_flops(cfg, per_class), step_bytes(cfg, 1), train, test, kept, here)
+    return Counted(step_flops(cfg, per_class), step_bytes(CondenseSpec.of(cfg), 1), train, test, kept, here)
 
 
 # While a chunk's forward and backward run, the worker holds its images, momentum, ``at`` (the

@@ -25,6 +25,7 @@ from m3d_condense.pipeline.config.schema import DataConfig, EncoderConfig, RunCo
 from m3d_condense.pipeline.data import ClassCache, ClassShardReader, StreamingClassCache
 from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
 from m3d_condense.pipeline.method.engine import Condenser
+from m3d_condense.pipeline.method.spec import CondenseSpec
 
 RESULTS = RESULTS_DIR / "data_throughput.jsonl"
 
@@ -58,7 +59,7 @@ def decode_rate(root: str, classes: int) -> float:
 def engine_seconds_per_iteration(cache, classes: int, iterations: int) -> float:
     data = DataConfig(num_classes=classes, channels=3, image_size=[32, 32], mean=[0.5] * 3, std=[0.25] * 3)
     cfg = RunConfig(ipc=1, factor=2, batch_real=64, compile=False, encoder=EncoderConfig(arch="convnet3"), data=data)
-    condenser = Condenser(cfg, cache, list(range(classes)))
+    condenser = Condenser(CondenseSpec.of(cfg), cache, list(range(classes)))
     condenser.step()  # warm-up
     start = time.perf_counter()
     for _ in range(iterations):

@@ -84,6 +84,7 @@ from m3d_condense.pipeline.data.writer import PrepareOptions, prepare
 from m3d_condense.pipeline.evaluation.training import train_and_test
 from m3d_condense.pipeline.method.compute import can_compile, pick_device, synchronize
 from m3d_condense.pipeline.method.engine import Condenser
+from m3d_condense.pipeline.method.spec import CondenseSpec
 
 PARTS = ("correctness", "speed_cifar10", "speed_imagenet100", "eval_speed", "protocol")
 MODES = {"fp32": {}, "bf16": {"precision": "bf16"}, "compiled_bf16": {"compile": True, "precision": "bf16"},
@@ -338,7 +339,7 @@ def run_steps(s: RunConfig, data: LabeledImages, classes: list[int], device: tor
     """``steps`` engine steps over ``classes`` of ``data`` (all classes' images, class-major), on
     ``device``, with ``s.chunk_classes`` (0 would tune; the checks pass it explicitly)."""
     cache = ClassCache.from_labeled(data, classes, device)
-    condenser = Condenser(s, cache, classes, device)
+    condenser = Condenser(CondenseSpec.of(s), cache, classes, device)
     before = condenser.images.detach().cpu().clone()
     losses = torch.zeros(len(classes))
     for _ in range(steps):
@@ -529,7 +530,7 @@ def condense_speed(results: Results, sizes: Sizes, w: Workload, modes: list[str]
         eager_twin = mode.removeprefix("compiled_")
         if s.compile and s.chunk_classes == 0 and eager_twin in chunks:
             s = dataclasses.replace(s, chunk_classes=chunks[eager_twin])
-        condenser = Condenser(s, cache, classes, device)
+        condenser = Condenser(CondenseSpec.of(s), cache, classes, device)
         start = time.perf_counter()
         condenser.step()  # tunes the chunk (chunk_classes=0) and compiles (compile=True): not timed
         condenser.step()
@@ -539,7 +540,8 @@ def condense_speed(results: Results, sizes: Sizes, w: Workload, modes: list[str]
         reset_peak_memory(device)
         it_per_s = compare({mode: condenser}, sizes.steps_per_round, sizes.rounds, device)[mode]
         if "step" not in flops:  # one eager fp32 step: the same matmul/conv work as every mode's
-            counted = Condenser(dataclasses.replace(base, chunk_classes=condenser.chunk), cache, classes, device)
+            fixed_chunk = dataclasses.replace(CondenseSpec.of(base), chunk_classes=condenser.chunk)
+            counted = Condenser(fixed_chunk, cache, classes, device)
             flops["step"] = count_flops(counted.step)
         peak = matmul_peak(peaks, s.precision, device)
         tflops = it_per_s * flops["step"] / 1e12

@@ -26,10 +26,11 @@ from m3d_condense.pipeline.config.schema import DataConfig, EncoderConfig, RunCo
 from m3d_condense.pipeline.data import ClassCache
 from m3d_condense.pipeline.method.engine import Condenser
 from m3d_condense.pipeline.method.memory import step_bytes
+from m3d_condense.pipeline.method.spec import CondenseSpec
 classes, ipc, size, device = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), torch.device(sys.argv[4])
 data = DataConfig(num_classes=classes, channels=3, image_size=[size, size], mean=[0.5] * 3, std=[0.25] * 3)
-s = RunConfig(ipc=ipc, factor=2, batch_real=128, compile=False, chunk_classes=classes,
-              encoder=EncoderConfig(arch="convnet3"), data=data)
+s = CondenseSpec.of(RunConfig(ipc=ipc, factor=2, batch_real=128, compile=False, chunk_classes=classes,
+                              encoder=EncoderConfig(arch="convnet3"), data=data))
 cache = ClassCache.from_labeled(random_dataset(classes, max(128, ipc * 4) + 8, 3, size), range(classes), device)
 c = Condenser(s, cache, range(classes), device)
 if device.type == "cuda":

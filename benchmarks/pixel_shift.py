@@ -19,6 +19,7 @@ from m3d_condense.pipeline.config.schema import named_method
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.data.dataset import open_class_cache
 from m3d_condense.pipeline.method.engine import initial_images
+from m3d_condense.pipeline.method.spec import CondenseSpec
 from m3d_condense.pipeline.results.synthetic import SyntheticSet, is_stored
 
 
@@ -34,7 +35,7 @@ def run_shift(run_url: str, caches: dict) -> tuple[tuple, float] | None:
     if key not in caches:
         caches[key] = open_class_cache(cfg.data, classes, torch.device("cpu"), progress=False)
     stored = SyntheticSet.load(run_url).images
-    start = initial_images(caches[key], classes, cfg)
+    start = initial_images(caches[key], classes, CondenseSpec.of(cfg))
     method = named_method(cfg.method, cfg.kernel)
     return (cfg.preset, cfg.ipc, method, cfg.lr, cfg.iterations), float((stored - start).abs().mean())
 

@@ -48,14 +48,16 @@ from m3d_condense.pipeline.config.loader import load_config
 from m3d_condense.pipeline.data import open_class_cache
 from m3d_condense.pipeline.method.engine import Condenser
 from m3d_condense.pipeline.method.memory import step_bytes
+from m3d_condense.pipeline.method.spec import CondenseSpec
 preset, steps, owned, overrides = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 s = load_config(preset, overrides)
+spec = CondenseSpec.of(s)
 device = torch.device("cpu")
 classes = list(range(owned or s.data.num_classes))  # a worker's slice: the step is a loop over its classes
 t0 = time.perf_counter()
 cache = open_class_cache(s.data, classes, device, progress=False)
 load_s = time.perf_counter() - t0
-c = Condenser(s, cache, classes, device)
+c = Condenser(spec, cache, classes, device)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # as benchmarks/memory.py: after the cache
 c.step()  # warm-up (its peak is a step's peak: RSS only grows)
 wall, cpu = time.perf_counter(), time.process_time()
@@ -73,7 +75,7 @@ print(json.dumps({"preset": preset, "overrides": overrides, "arch": s.encoder.ar
                   "s_per_iteration_cpu": round(cpu / steps, 2),
                   "peak_rss_growth_mib_over_the_steps": round(peak / 2**20),
                   "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                  "estimate_step_mib": round(step_bytes(s, c.chunk) / 2**20)}))
+                  "estimate_step_mib": round(step_bytes(spec, c.chunk) / 2**20)}))
 """
 
 EVAL_CHILD = """
@@ -84,12 +86,13 @@ from m3d_condense.pipeline.data import load_split, open_class_cache
 from m3d_condense.pipeline.method.engine import initial_images
 from m3d_condense.pipeline.evaluation.training import test_accuracy, train_epoch
 from m3d_condense.pipeline.method.seeding import generator
+from m3d_condense.pipeline.method.spec import CondenseSpec
 preset, epochs, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 s = load_config(preset, overrides)
 d, e, arch = s.data, s.eval, s.eval.archs[0]
 classes = list(range(d.num_classes))
 cache = open_class_cache(d, classes, torch.device("cpu"), progress=False)
-images = initial_images(cache, classes, s)  # the stored set at iteration 0: real images, multi-formation
+images = initial_images(cache, classes, CondenseSpec.of(s))  # the stored set at iteration 0: real images, multi-formation
 labels = torch.arange(d.num_classes).repeat_interleave(s.ipc)
 t0 = time.perf_counter()
 test = load_split(d, "test")

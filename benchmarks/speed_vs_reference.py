@@ -43,10 +43,11 @@ from m3d_condense.pipeline.data import ClassCache, LabeledImages
 from m3d_condense.pipeline.evaluation.training import train_and_test
 from m3d_condense.pipeline.method.compute import synchronize
 from m3d_condense.pipeline.method.engine import Condenser
+from m3d_condense.pipeline.method.spec import CondenseSpec
 from tests.reference_loop import ReferenceLoop  # the test oracle (tests/), run from the repository root
 
 MODES = {"eager": dict(compile=False), "compiled": dict(compile=True),
-         "compiled_bf16": dict(compile=True, precision="bf16")}  # changes of the run config
+         "compiled_bf16": dict(compile=True, precision="bf16")}  # changes of the condensation's spec
 EVAL_MODES = {"eager": dict(compile=False), "compiled": dict(compile=True), "eager_bf16": dict(precision="bf16"),
               "compiled_bf16": dict(compile=True, precision="bf16")}  # changes of its eval section
 
@@ -153,12 +154,13 @@ def main() -> None:
     for given, valid in ((modes, MODES), (eval_modes, EVAL_MODES)):
         if set(given) - set(valid):
             ap.error(f"unknown modes {sorted(set(given) - set(valid))}; choose from {sorted(valid)}")
-    settings = {m: dataclasses.replace(s, **MODES[m]) for m in modes}
-    loops = {"reference": ReferenceLoop(s, cache, classes, device),
+    spec = CondenseSpec.of(s)
+    settings = {m: dataclasses.replace(spec, **MODES[m]) for m in modes}
+    loops = {"reference": ReferenceLoop(spec, cache, classes, device),
              **{m: Condenser(settings[m], cache, classes, device) for m in modes}}
     speeds = compare(loops, args.iterations, args.rounds, device)
-    flops = {"reference": count_flops(ReferenceLoop(s, cache, classes, device).step),
-             "ours": count_flops(Condenser(dataclasses.replace(s, compile=False), cache, classes, device).step)}
+    flops = {"reference": count_flops(ReferenceLoop(spec, cache, classes, device).step),
+             "ours": count_flops(Condenser(dataclasses.replace(spec, compile=False), cache, classes, device).step)}
     peaks = measured_peaks(device, args.peak_seconds) if args.peak_seconds > 0 else {}
     ref = speeds["reference"]
 

@@ -25,6 +25,7 @@ from m3d_condense.pipeline.config.schema import NAMED_METHODS
 from m3d_condense.pipeline.data.dataset import open_class_cache
 from m3d_condense.pipeline.logs import setup_logging
 from m3d_condense.pipeline.method.engine import Condenser
+from m3d_condense.pipeline.method.spec import CondenseSpec
 from m3d_condense.pipeline.orchestration.driver import run_evaluations
 from m3d_condense.pipeline.results.synthetic import SyntheticSet
 
@@ -35,7 +36,7 @@ def trajectory(preset: str, method: str, steps: list[int], overrides: list[str],
     cfg = load_config(preset, [*NAMED_METHODS[method], *overrides])
     classes = list(range(cfg.data.num_classes))
     cache = open_class_cache(cfg.data, classes, torch.device("cpu"), progress=False)
-    condenser = Condenser(cfg, cache, classes)
+    condenser = Condenser(CondenseSpec.of(cfg), cache, classes)
     start_images, labels = condenser.images.clone(), torch.arange(len(classes)).repeat_interleave(cfg.ipc)
     rows, losses, condense_s = [], [], 0.0
     for target in steps:

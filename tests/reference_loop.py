@@ -25,13 +25,13 @@ import torch
 
 from m3d_condense.kernels import mmd2
 from m3d_condense.models import augment, decode
-from m3d_condense.pipeline.config.schema import RunConfig
 from m3d_condense.pipeline.data import ClassCache
 from m3d_condense.pipeline.method.engine import augment_uniforms, build_encoder, initial_images
+from m3d_condense.pipeline.method.spec import CondenseSpec
 
 
 class ReferenceLoop:
-    def __init__(self, settings: RunConfig, cache: ClassCache, classes: Sequence[int], device: str = "cpu"):
+    def __init__(self, settings: CondenseSpec, cache: ClassCache, classes: Sequence[int], device: str = "cpu"):
         s = self.s = settings
         self.cache, self.classes, self.device = cache, list(classes), torch.device(device)
         init = initial_images(cache, self.classes, s).to(self.device)

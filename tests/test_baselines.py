@@ -9,10 +9,11 @@ from m3d_condense.pipeline.config.schema import DataConfig, EncoderConfig, RunCo
 from m3d_condense.pipeline.data import ClassCache
 from m3d_condense.pipeline.method.baselines import herding, herding_order
 from m3d_condense.pipeline.method.diagnostics import moment_report
+from m3d_condense.pipeline.method.spec import CondenseSpec
 from m3d_condense.pipeline.results.synthetic import SyntheticSet, is_stored
 
-TINY = RunConfig(data=DataConfig(num_classes=4, channels=1, image_size=[12, 12], mean=[0.4], std=[0.25]),
-                 encoder=EncoderConfig(width=16))
+TINY = CondenseSpec.of(RunConfig(data=DataConfig(num_classes=4, channels=1, image_size=[12, 12], mean=[0.4],
+                                                 std=[0.25]), encoder=EncoderConfig(width=16)))
 
 
 def test_herding_keeps_the_running_mean_closer_to_the_class_mean_than_random_picks():

@@ -82,11 +82,12 @@ def test_meta_flop_count_equals_a_counted_cpu_step_at_a_small_shape():
     from benchmarks.flops import count_flops
     from m3d_condense.pipeline.data import ClassCache
     from m3d_condense.pipeline.method.engine import Condenser
+    from m3d_condense.pipeline.method.spec import CondenseSpec
 
     cfg = small_config("chunk_classes=3")  # one forward for all classes: no chunk timing in the step
     per_class = 12
     images = torch.randint(0, 256, (3 * per_class, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    condenser = Condenser(cfg, ClassCache(images, {c: per_class for c in range(3)}), [0, 1, 2])
+    condenser = Condenser(CondenseSpec.of(cfg), ClassCache(images, {c: per_class for c in range(3)}), [0, 1, 2])
     assert cm.step_flops(cfg, per_class) == count_flops(condenser.step) > 0
 
 
@@ -162,17 +163,19 @@ def test_checkpoint_formula_matches_a_slice_the_worker_writes(tmp_path):
 
 def test_chunk_rule_is_memory_classes_per_forward(monkeypatch):
     from m3d_condense.pipeline.method import memory
+    from m3d_condense.pipeline.method.spec import CondenseSpec
 
     cfg = small_config()
-    one = memory.step_bytes(cfg, 1)
+    spec = CondenseSpec.of(cfg)
+    one = memory.step_bytes(spec, 1)
     for free in (0.5 * one, 1.3 * one, 7.9 * one, 1000 * one):
         monkeypatch.setattr(memory, "free_bytes", lambda _device, free=free: int(free))
         expected = cm.chunk_of(one, 40, int(free))
         if expected == 0:
             with pytest.raises(memory.MemoryBudgetError):
-                memory.classes_per_forward(cfg, 40, torch.device("cuda"))
+                memory.classes_per_forward(spec, 40, torch.device("cuda"))
         else:
-            assert memory.classes_per_forward(cfg, 40, torch.device("cuda")) == expected
+            assert memory.classes_per_forward(spec, 40, torch.device("cuda")) == expected
 
 
 def test_cache_tier_rule_is_dataset_cache_tier(monkeypatch):

@@ -10,14 +10,28 @@ from m3d_condense.kernels import mmd2
 from m3d_condense.pipeline.config.schema import DataConfig, EncoderConfig, RunConfig
 from m3d_condense.pipeline.data import ClassCache
 from m3d_condense.pipeline.method.engine import Condenser, build_encoder, step_until
+from m3d_condense.pipeline.method.spec import CondenseSpec
 
 
-def settings(**kw) -> RunConfig:
-    """The run config of the engine tests: 4 classes of 12x12 grey images (conftest's tiny_data)."""
-    spec = DataConfig(num_classes=4, channels=1, image_size=[12, 12], mean=[0.4], std=[0.25])
-    base = dict(data=spec, ipc=2, factor=2, ipm=2, batch_real=16, encoder=EncoderConfig(width=16), seed=3, compile=False)
+def settings(**kw) -> CondenseSpec:
+    """The condensation of the engine tests: 4 classes of 12x12 grey images (conftest's tiny_data)."""
+    data = DataConfig(num_classes=4, channels=1, image_size=[12, 12], mean=[0.4], std=[0.25])
+    base = dict(data=data, ipc=2, factor=2, ipm=2, batch_real=16, encoder=EncoderConfig(width=16), seed=3, compile=False)
     base.update(kw)
-    return RunConfig(**base)
+    return CondenseSpec.of(RunConfig(**base))
+
+
+def test_the_spec_holds_the_condensation_keys_of_the_run_config_as_plain_frozen_values():
+    cfg = RunConfig(ipc=3, kernel="linear", encoder=EncoderConfig(width=16))
+    s = CondenseSpec.of(cfg)
+    assert (s.ipc, s.lr, s.kernel, s.arch, s.width, s.data.image_size) == (3, 3.0, "linear", "convnet3", 16, (32, 32))
+    assert type(s.kernel) is str and type(s.update_mode) is str  # choices as the method names them
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.ipc = 4
+    # Where a run executes, how it is evaluated and where it writes do not reach the method.
+    elsewhere = RunConfig(ipc=3, kernel="linear", encoder=EncoderConfig(width=16), device="cpu", out_dir="/elsewhere",
+                          workers=4, log_every=1, checkpoint_every=7)
+    assert CondenseSpec.of(elsewhere) == s
 
 
 @pytest.mark.parametrize("kernel", ["gaussian", "linear"])

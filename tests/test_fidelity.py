@@ -15,6 +15,7 @@ from m3d_condense.pipeline.config.schema import AugmentConfig, DataConfig, EvalC
 from m3d_condense.pipeline.data import ClassCache
 from m3d_condense.pipeline.evaluation.training import eval_epochs, imagenet_epochs, train_and_test
 from m3d_condense.pipeline.method.engine import initial_images
+from m3d_condense.pipeline.method.spec import CondenseSpec
 from m3d_condense.pipeline.orchestration.run_store import ResumeError, RunState, RunStore
 
 
@@ -177,9 +178,9 @@ def test_imagenet_recipe_trains_and_is_seeded():
     assert a.accuracy == b.accuracy and [acc for _, acc in a.curve] == [acc for _, acc in b.curve]
 
 
-def _settings(**kw) -> RunConfig:
-    spec = DataConfig(num_classes=4, channels=1, image_size=[12, 12], mean=[0.4], std=[0.25])
-    return RunConfig(**{"data": spec, "ipc": 2, "factor": 1, "seed": 3, **kw})
+def _settings(**kw) -> CondenseSpec:
+    data = DataConfig(num_classes=4, channels=1, image_size=[12, 12], mean=[0.4], std=[0.25])
+    return CondenseSpec.of(RunConfig(**{"data": data, "ipc": 2, "factor": 1, "seed": 3, **kw}))
 
 
 def test_init_mix_draws_a_seeded_random_sample_of_each_class(tiny_data):

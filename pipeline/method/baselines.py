@@ -6,10 +6,10 @@ from typing import Sequence
 
 import torch
 
-from m3d_condense.pipeline.config.schema import RunConfig
 from m3d_condense.pipeline.data import ClassCache
 from m3d_condense.pipeline.data.labeled import class_major_labels
 from m3d_condense.pipeline.method.engine import build_encoder
+from m3d_condense.pipeline.method.spec import CondenseSpec
 
 CHUNK = 256  # images per feature forward
 
@@ -43,7 +43,7 @@ def herding_order(features: torch.Tensor, k: int) -> list[int]:
 
 
 @torch.no_grad()
-def class_features(cache: ClassCache, c: int, encoder: torch.nn.Module, s: RunConfig,
+def class_features(cache: ClassCache, c: int, encoder: torch.nn.Module, s: CondenseSpec,
                    device: torch.device) -> torch.Tensor:
     """Encoder features of every image of class ``c``: (n_c, d), computed CHUNK images at a time."""
     parts = []
@@ -53,7 +53,7 @@ def class_features(cache: ClassCache, c: int, encoder: torch.nn.Module, s: RunCo
     return torch.cat(parts)
 
 
-def herding(cache: ClassCache, classes: Sequence[int], ipc: int, s: RunConfig,
+def herding(cache: ClassCache, classes: Sequence[int], ipc: int, s: CondenseSpec,
             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``ipc`` real images per class chosen by herding on the features of a random encoder of
     the "herding" stream (its own seed): images (C * ipc, ...) in [0, 1], labels."""
@@ -65,11 +65,12 @@ def herding(cache: ClassCache, classes: Sequence[int], ipc: int, s: RunConfig,
     return torch.cat(picks), class_major_labels(classes, ipc)
 
 
-def select_real(cfg: RunConfig, cache: ClassCache, classes: Sequence[int],
+def select_real(method: str, s: CondenseSpec, cache: ClassCache, classes: Sequence[int],
                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The real images ``cfg.method`` (random, herding or whole) selects from ``cache``."""
-    if cfg.method == "herding":
-        return herding(cache, classes, cfg.ipc, cfg, device)
-    if cfg.method == "whole":
+    """The real images the baseline ``method`` (random, herding or whole) selects from ``cache``,
+    ``s.ipc`` per class for the first two."""
+    if method == "herding":
+        return herding(cache, classes, s.ipc, s, device)
+    if method == "whole":
         return whole_dataset(cache, classes)
-    return random_real(cache, classes, cfg.ipc, cfg.seed)
+    return random_real(cache, classes, s.ipc, s.seed)

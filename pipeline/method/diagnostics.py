@@ -8,14 +8,14 @@ import torch
 
 from m3d_condense.kernels import moment_gaps
 from m3d_condense.kernels.moments import MOMENT_ORDERS
-from m3d_condense.pipeline.config.schema import RunConfig
 from m3d_condense.pipeline.data import ClassCache
 from m3d_condense.pipeline.method.engine import build_encoder
+from m3d_condense.pipeline.method.spec import CondenseSpec
 
 
 @torch.no_grad()
 def moment_report(sets: dict[str, tuple[torch.Tensor, torch.Tensor]], cache: ClassCache, classes: Sequence[int],
-                  s: RunConfig, encoders: int, real_per_class: int, device: torch.device) -> dict[str, dict]:
+                  s: CondenseSpec, encoders: int, real_per_class: int, device: torch.device) -> dict[str, dict]:
     """For each named set (decoded images (N, C, H, W) in [0, 1], labels (N,)): the gap of each
     moment order between its features and those of ``real_per_class`` random real images,
     per class, averaged over classes and over ``encoders`` encoders of the "moments" stream."""

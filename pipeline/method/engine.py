@@ -31,33 +31,33 @@ import torch
 
 from m3d_condense.kernels import mmd2
 from m3d_condense.models import NUM_UNIFORMS, augment, create_model, decode, mix_init
-from m3d_condense.pipeline.config.schema import RunConfig
 from m3d_condense.pipeline.data import ClassCache
 from m3d_condense.pipeline.data.labeled import class_major_labels
 from m3d_condense.pipeline.method.compute import autocast, compiled_call, synchronize, use_compile
 from m3d_condense.pipeline.method.memory import classes_per_forward
 from m3d_condense.pipeline.method.seeding import derive_seed, generator
+from m3d_condense.pipeline.method.spec import CondenseSpec
 
 
-def build_encoder(s: RunConfig, index: int, stream: str = "encoder") -> torch.nn.Module:
+def build_encoder(s: CondenseSpec, index: int, stream: str = "encoder") -> torch.nn.Module:
     """The random encoder number ``index`` (= t // ipm) of ``stream`` ("encoder" for matching;
     baselines and diagnostics draw from their own streams). Built on the CPU under its own seed
     so that every worker and every device gets the same weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(s.seed, stream, index))
-        net = create_model(s.encoder.arch, s.data.channels, s.data.num_classes, s.data.image_size, s.encoder.width)
+        net = create_model(s.arch, s.data.channels, s.data.num_classes, s.data.image_size, s.width)
     return net.train()
 
 
 COMPILE_AUTO_ITERATIONS = 500  # from here on the one-off compile (20-60 s) is a small part of the run
 
 
-def compiles_encoder(s: RunConfig) -> bool:
+def compiles_encoder(s: CondenseSpec) -> bool:
     """``compile``, with auto decided by the run's length and whether this machine can compile."""
     return use_compile(s.compile, s.iterations, COMPILE_AUTO_ITERATIONS)
 
 
-def initial_images(cache: ClassCache, classes: Sequence[int], s: RunConfig) -> torch.Tensor:
+def initial_images(cache: ClassCache, classes: Sequence[int], s: CondenseSpec) -> torch.Tensor:
     """The starting synthetic set, class-major (len(classes) * ipc, C, H, W): per class,
     ipc * factor^2 real images tiled factor x factor into ipc stored images. ``init: mix_first``
     takes the class's first images in dataset order, as the released code does; ``mix`` a random
@@ -70,7 +70,7 @@ def initial_images(cache: ClassCache, classes: Sequence[int], s: RunConfig) -> t
     return torch.cat([mix_init(sample(c), s.factor) for c in classes])
 
 
-def augment_uniforms(s: RunConfig, iteration: int) -> torch.Tensor:
+def augment_uniforms(s: CondenseSpec, iteration: int) -> torch.Tensor:
     """(num_classes, NUM_UNIFORMS): row c drives class c's siamese augmentation at ``iteration``."""
     return torch.rand(s.data.num_classes, NUM_UNIFORMS, generator=generator(s.seed, "augment", iteration))
 
@@ -96,15 +96,14 @@ def drift(mu: float, n: int) -> float:
 
 
 class Condenser:
-    """Synthetic images of ``classes`` (global class indices), updated one iteration per ``step``.
-    ``settings``: the run's config; the engine reads its top-level keys and ``data``, ``encoder``
-    and ``augment``."""
+    """Synthetic images of ``classes`` (global class indices), updated one iteration per ``step``,
+    as ``spec`` (``CondenseSpec.of`` the run's config) says."""
 
-    def __init__(self, settings: RunConfig, cache: ClassCache, classes: Sequence[int],
+    def __init__(self, spec: CondenseSpec, cache: ClassCache, classes: Sequence[int],
                  device: torch.device | str = "cpu"):
-        self.s, self.cache, self.device = settings, cache, torch.device(device)
+        self.s, self.cache, self.device = spec, cache, torch.device(device)
         self.classes = [int(c) for c in classes]
-        s = settings
+        s = spec
         self.images = initial_images(cache, self.classes, s).to(self.device)
         self.momentum = torch.zeros_like(self.images)
         self.iteration = 0
@@ -190,7 +189,7 @@ class Condenser:
         a throwaway forward and backward of its first chunk at the current iteration (warm-up,
         then timed; nothing is updated), compared per class. Cached per shape, mode and device."""
         s = self.s
-        key = (s.encoder.arch, s.encoder.width, s.data.channels, tuple(s.data.image_size), s.ipc, s.factor, s.batch_real,
+        key = (s.arch, s.width, s.data.channels, s.data.image_size, s.ipc, s.factor, s.batch_real,
                str(s.precision), self.compiled, str(self.device), len(self.classes), self.chunk)
         if key not in _TUNED_CHUNKS:
             per_class = {}

@@ -7,15 +7,11 @@ two layers at a time; the peak is the larger of the two. ``benchmarks/memory.py`
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from m3d_condense.models import create_model
 from m3d_condense.pipeline.errors import RunError
-
-if TYPE_CHECKING:
-    from m3d_condense.pipeline.config.schema import RunConfig
+from m3d_condense.pipeline.method.spec import CondenseSpec
 
 FLOAT = 4  # bytes
 HEADROOM = 0.8  # of the free memory: the estimate runs up to 16% under the measured peak (BENCHMARKS.md)
@@ -34,11 +30,10 @@ def activation_bytes_per_image(arch: str, channels: int, num_classes: int, image
     return sum(sizes), max(sizes)
 
 
-def step_bytes(s: RunConfig, classes: int) -> int:
-    """Estimated peak bytes of one step over ``classes`` classes of the run ``s``, beyond the
-    cached real images."""
-    total, largest = activation_bytes_per_image(s.encoder.arch, s.data.channels, s.data.num_classes, s.data.image_size,
-                                                s.encoder.width)
+def step_bytes(s: CondenseSpec, classes: int) -> int:
+    """Estimated peak bytes of one step over ``classes`` classes of the condensation ``s``, beyond
+    the cached real images."""
+    total, largest = activation_bytes_per_image(s.arch, s.data.channels, s.data.num_classes, s.data.image_size, s.width)
     pixels = s.data.channels * s.data.image_size[0] * s.data.image_size[1] * FLOAT
     n_syn, n_real = classes * s.ipc * s.factor**2, classes * s.batch_real
     synthetic = n_syn * (total + 6 * pixels)       # kept activations; decode, normalise, augment copies
@@ -76,7 +71,7 @@ class MemoryBudgetError(RunError, RuntimeError):
     """A configuration that cannot fit on its device; the message gives the numbers."""
 
 
-def classes_per_forward(s: RunConfig, classes: int, device: torch.device, requested: int = 0) -> int:
+def classes_per_forward(s: CondenseSpec, classes: int, device: torch.device, requested: int = 0) -> int:
     """``requested`` (> 0), or the most classes whose step fits in the free memory of ``device``.
     Raises MemoryBudgetError with the numbers if not even one class fits."""
     if requested > 0:
@@ -85,7 +80,7 @@ def classes_per_forward(s: RunConfig, classes: int, device: torch.device, reques
     one = step_bytes(s, 1)
     if one > budget:
         raise MemoryBudgetError(f"one class needs about {one / 2**30:.1f} GiB per step (ipc={s.ipc}, factor={s.factor}, "
-                           f"batch_real={s.batch_real}, {s.encoder.arch} at {s.data.image_size[0]}x{s.data.image_size[1]}), "
+                           f"batch_real={s.batch_real}, {s.arch} at {s.data.image_size[0]}x{s.data.image_size[1]}), "
                            f"but {device} has {budget / 2**30:.1f} GiB usable; lower batch_real or ipc, or use a "
                            "device with more memory")
     return max(1, min(classes, int(budget // one)))

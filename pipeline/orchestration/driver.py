@@ -35,6 +35,7 @@ from m3d_condense.pipeline.method.baselines import select_real
 from m3d_condense.pipeline.method.compute import pick_device
 from m3d_condense.pipeline.method.memory import peak_rss_bytes
 from m3d_condense.pipeline.method.seeding import derive_seed
+from m3d_condense.pipeline.method.spec import CondenseSpec
 from m3d_condense.pipeline.orchestration.groups import resolve_backend, start_workers
 from m3d_condense.pipeline.orchestration.protocol import EvalJob, StoredSlice, WorkerGroup
 from m3d_condense.pipeline.orchestration.run_store import RunState, RunStore, Status
@@ -203,7 +204,7 @@ def whole_set(cfg: RunConfig, device: torch.device, progress: bool) -> Synthetic
     """The whole training set (the upper bound), read here: its evaluation trains on all of it."""
     classes = list(range(cfg.data.num_classes))
     cache = open_class_cache(cfg.data, classes, device, log=log.info, progress=progress)
-    images, labels = select_real(cfg, cache, classes, device)
+    images, labels = select_real(cfg.method, CondenseSpec.of(cfg), cache, classes, device)
     return SyntheticSet(images.cpu(), labels.cpu(), 1, cache.class_names, cfg.data.mean, cfg.data.std)
 
 

@@ -18,6 +18,7 @@ from m3d_condense.pipeline.method.baselines import select_real
 from m3d_condense.pipeline.method.compute import pick_device
 from m3d_condense.pipeline.method.diagnostics import moment_report
 from m3d_condense.pipeline.method.engine import Condenser, initial_images, step_until
+from m3d_condense.pipeline.method.spec import CondenseSpec
 from m3d_condense.pipeline.orchestration.placement import check_assigned_gpus, node_id, ray_gpu_ids, where
 from m3d_condense.pipeline.orchestration.protocol import MomentGaps, SliceEntry, Step, StoredSlice, WorkerInfo
 from m3d_condense.pipeline.orchestration.run_store import RunStore
@@ -30,6 +31,7 @@ class ClassWorker:
     def __init__(self, cfg: RunConfig, classes: list[int], run_url: str, log_prefix: str = ""):
         setup_logging()  # a Ray actor is a fresh process
         self.cfg = cfg
+        self.spec = CondenseSpec.of(cfg)  # what the engine, the baselines and the diagnostics read
         self.classes = sorted(int(c) for c in classes)
         self.prefix = log_prefix
         # Shown by the driver, which reads them from info() as soon as the actors are up.
@@ -57,7 +59,7 @@ class ClassWorker:
         first use: a worker started for the selection baselines, or for the diagnostics of a run
         that has condensed, never tunes an engine or reads a checkpoint."""
         if self._condenser is None:
-            self._condenser = Condenser(self.cfg, self.cache, self.classes, self.device)
+            self._condenser = Condenser(self.spec, self.cache, self.classes, self.device)
             self._log(f"{self._condenser.chunk} classes per forward")
             run = self.store.read()
             if run and run.iteration > 0:
@@ -113,7 +115,7 @@ class ClassWorker:
     def select(self) -> StoredSlice:
         """Store the real images the baseline ``cfg.method`` picks from this worker's classes as
         its slice of the run's synthetic set; returns the slice's index entry."""
-        images, labels = select_real(self.cfg, self.cache, self.classes, self.device)
+        images, labels = select_real(self.cfg.method, self.spec, self.cache, self.classes, self.device)
         picked = SyntheticSet(images.cpu(), labels.cpu(), 1, self.cache.class_names)
         return StoredSlice(picked.write_slice(self.run_url, self.classes), self.cache.class_names)
 
@@ -123,10 +125,10 @@ class ClassWorker:
         images, labels = SyntheticSet.load(self.run_url, self.classes).decoded()
         sets = {"synthetic": (images, labels)}
         if self.cfg.method == "m3d":
-            initial = initial_images(self.cache, self.classes, self.cfg)
+            initial = initial_images(self.cache, self.classes, self.spec)
             sets["initial"] = (decode(initial, self.cfg.factor), labels)
         d = self.cfg.diagnostics
-        gaps = moment_report(sets, self.cache, self.classes, self.cfg, d.encoders, d.real_per_class, self.device)
+        gaps = moment_report(sets, self.cache, self.classes, self.spec, d.encoders, d.real_per_class, self.device)
         return MomentGaps(gaps, len(self.classes))
 
     def finish(self) -> StoredSlice:
