@@ -122,12 +122,6 @@ class DataConfig:
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise ConfigError(f"data.image_size={list(self.image_size)} must be [height, width], both >= 1")
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Pixels (N, C, H, W) in [0, 1] -> (x - mean) / std per channel."""
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
-
 
 @dataclass
 class EncoderConfig:

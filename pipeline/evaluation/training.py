@@ -31,6 +31,7 @@ from m3d_condense.pipeline.data import LabeledImages
 from m3d_condense.pipeline.logs import progress_bar
 from m3d_condense.pipeline.method.compute import autocast, use_compile
 from m3d_condense.pipeline.method.seeding import derive_seed, generator
+from m3d_condense.pipeline.method.spec import DataSpec
 
 # Optimizer steps from which eval.compile=auto compiles: the one-off compile (about a minute
 # for the training and test graphs on CPU) is then a small part of the run.
@@ -83,8 +84,9 @@ def test_accuracy(model: torch.nn.Module, test: LabeledImages, cfg: RunConfig, d
     model.eval()
     correct = 0
     chunk = max(1, min(chunk, TEST_PIXELS // (test.images.shape[-2] * test.images.shape[-1])))
+    normalize = DataSpec.of(cfg.data).normalize
     for i in range(0, len(test.labels), chunk):
-        x = cfg.data.normalize(test.images[i:i + chunk].to(device).float().div_(255.0))
+        x = normalize(test.images[i:i + chunk].to(device).float().div_(255.0))
         with autocast(device, cfg.eval.precision):
             logits = model(x)
         correct += int((logits.argmax(1).cpu() == test.labels[i:i + chunk]).sum())
@@ -114,10 +116,11 @@ def train_batch(x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor, cfg
     ``y_all[idx]``. dsa augments normalised images; the imagenet recipe augments pixels, then
     normalises."""
     x, y = decode_rows(x_all, idx, factor), y_all[idx]
+    normalize = DataSpec.of(cfg.data).normalize
     if cfg.eval.recipe == "imagenet":
-        return cfg.data.normalize(imagenet_augment(x, g)), y
+        return normalize(imagenet_augment(x, g)), y
     u = torch.rand(len(idx), NUM_UNIFORMS, generator=g)
-    return augment(cfg.data.normalize(x), u, torch.arange(len(idx)), cfg.eval.augment), y
+    return augment(normalize(x), u, torch.arange(len(idx)), cfg.eval.augment), y
 
 
 def epoch_batches(x_all: torch.Tensor, y_all: torch.Tensor, cfg: RunConfig, g: torch.Generator,

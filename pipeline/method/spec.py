@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class DataSpec:
     """The real images as the method sees them: their shape, their classes, and the per-channel
-    statistics every encoder input is normalised with. Built from ``data`` once the dataset is
+    statistics every network input is normalised with (``normalize``: the one place, for the
+    encoders here and the evaluation's models alike). Built from ``data`` once the dataset is
     resolved (a prepared dataset's manifest fills what a preset leaves unset)."""
 
     image_size: tuple[int, int]  # (height, width) in pixels
