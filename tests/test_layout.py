@@ -11,12 +11,29 @@ METHOD_MODULES = ["m3d_condense.pipeline.config.schema", "m3d_condense.pipeline.
                   "m3d_condense.pipeline.evaluation.batches", "m3d_condense.pipeline.results.synthetic"]
 
 
-@pytest.mark.parametrize("module", METHOD_MODULES)
-def test_the_method_and_the_evaluation_import_without_hydra(module):
-    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf')))"
+# The condensation itself: it reads a CondenseSpec (method/spec.py), not the run's config.
+ENGINE_MODULES = [f"m3d_condense.pipeline.method.{m}" for m in ("spec", "engine", "memory", "baselines", "diagnostics")]
+
+
+def imported(module: str, prefixes: tuple[str, ...]) -> str:
+    """The modules in the packages ``prefixes`` that importing ``module`` loads, in a fresh interpreter."""
+    code = (f"import sys, {module}; print(sorted(m for m in sys.modules "
+            f"if any(m == p or m.startswith(p + '.') for p in {prefixes!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "[]", f"{module} imports {out.stdout.strip()}"
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize("module", METHOD_MODULES)
+def test_the_method_and_the_evaluation_import_without_hydra(module):
+    found = imported(module, ("hydra", "omegaconf"))
+    assert found == "[]", f"{module} imports {found}"
+
+
+@pytest.mark.parametrize("module", ENGINE_MODULES)
+def test_the_method_imports_neither_the_config_schema_nor_the_orchestration(module):
+    found = imported(module, ("m3d_condense.pipeline.config", "m3d_condense.pipeline.orchestration"))
+    assert found == "[]", f"{module} imports {found}: the method's contract is CondenseSpec"
 
 
 def test_the_loader_is_where_hydra_comes_in():
