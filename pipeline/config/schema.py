@@ -7,8 +7,9 @@ its choices is refused when the config is composed, naming the key.
 
 Adding a key: add a field here, with ``shaping(...)`` if it changes the synthetic set (it then
 enters the run fingerprint, so an old run directory is refused rather than silently resumed
-with a different meaning) or ``operational(...)`` if it does not, read it where it is used,
-and document it in docs/configuration.md.
+with a different meaning) or ``operational(...)`` if it does not, read it where it is used
+(a key the engine, the baselines or the diagnostics read is also a field of ``CondenseSpec``
+in ``method/spec.py``, the one thing they take), and document it in docs/configuration.md.
 """
 from __future__ import annotations
 
@@ -219,7 +220,8 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    """Every key of a run. Top-level keys are the condensation engine's settings."""
+    """Every key of a run. Top-level keys are the condensation engine's settings (what it reads
+    of them: ``method/spec.py``'s ``CondenseSpec.of``)."""
 
     preset: str = shaping("custom")  # the configs/<preset>.yaml this run started from
     # m3d (kernel=linear is DM) | random | herding (real images chosen on random-encoder features)
