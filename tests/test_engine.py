@@ -10,7 +10,7 @@ from m3d_condense.kernels import mmd2
 from m3d_condense.pipeline.config.schema import DataConfig, EncoderConfig, RunConfig
 from m3d_condense.pipeline.data import ClassCache
 from m3d_condense.pipeline.method.engine import Condenser, build_encoder, step_until
-from m3d_condense.pipeline.method.spec import CondenseSpec
+from m3d_condense.pipeline.method.spec import CondenseSpec, DataSpec
 
 
 def settings(**kw) -> CondenseSpec:
@@ -32,6 +32,16 @@ def test_the_spec_holds_the_condensation_keys_of_the_run_config_as_plain_frozen_
     elsewhere = RunConfig(ipc=3, kernel="linear", encoder=EncoderConfig(width=16), device="cpu", out_dir="/elsewhere",
                           workers=4, log_every=1, checkpoint_every=7)
     assert CondenseSpec.of(elsewhere) == s
+
+
+def test_every_spec_field_but_chunk_classes_comes_from_a_key_in_the_run_fingerprint():
+    """So a run directory resumed under another spec is refused; chunk_classes is exact either way."""
+    shaping = {f.name: f.metadata["shapes_set"] for f in dataclasses.fields(RunConfig)}
+    section = {"arch": "encoder", "width": "encoder"}
+    for f in dataclasses.fields(CondenseSpec):
+        assert shaping[section.get(f.name, f.name)] == (f.name != "chunk_classes"), f.name
+    data_shaping = {f.name: f.metadata["shapes_set"] for f in dataclasses.fields(DataConfig)}
+    assert all(data_shaping[f.name] for f in dataclasses.fields(DataSpec))
 
 
 @pytest.mark.parametrize("kernel", ["gaussian", "linear"])
