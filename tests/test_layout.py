@@ -1,7 +1,9 @@
-"""The package's layout holds: the method and the evaluation import without Hydra, and every
-command keeps one error policy."""
+"""The package's layout holds: the method and the evaluation import without Hydra, every
+command keeps one error policy, and what a user gets names nothing outside the repository."""
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +58,20 @@ def test_a_command_reports_a_run_error_as_one_line_and_exit_status_2(capsys):
     assert fails(["key"]) == 2 and capsys.readouterr().err == "error: bad key\n"
     with pytest.raises(KeyError):  # anything else is a bug: its traceback stays
         crashes([])
+
+
+# Tests and benchmarks may read the development machine's ../shared (and skip without it); what a
+# user gets (the package, configs, docs, cluster files) must not point there, nor at documents
+# the repository does not hold.
+OUTSIDE = re.compile(r"\.\./shared|SPEC\.md|ENVIRONMENT\.md|DESIGN\.md|m3d-paper\.txt")
+
+
+def test_no_file_a_user_gets_names_the_development_machines_shared_folder_or_its_documents():
+    repo = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()
+    assert "README.md" in listed  # the listing is the checkout's, not an empty one
+    shipped = [f for f in listed if not f.startswith(("tests/", "benchmarks/", ".ci/"))
+               and f.endswith((".py", ".md", ".yaml", ".yml", ".toml", ".sh", ".txt", ".cfg"))]
+    named = [f"{f}:{n}" for f in shipped for n, line in enumerate((repo / f).read_text().splitlines(), 1)
+             if OUTSIDE.search(line)]
+    assert named == []

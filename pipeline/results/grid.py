@@ -11,7 +11,7 @@ column of its own in the table).
 
 Overrides after the options apply to every cell (e.g. a reduced protocol: iterations=200
 eval.epochs=100 data.root=...; use {preset} in a value for the preset's name, e.g.
-data.root=../shared/data/{preset}). Runs go to DIR/runs, the table to DIR/results.parquet
+data.root=data/{preset}). Runs go to DIR/runs, the table to DIR/results.parquet
 (default DIR: benchmarks/results/grid). Each finished cell is also kept as DIR/cells/<cell>.parquet
 and the table is rebuilt from those, so several grid commands (e.g. one per dataset, each on
 its own cores or machine) can share one DIR. One row per cell, architecture and evaluation run:
