@@ -6,9 +6,10 @@ every finished cell appended to a parquet table; a rerun skips the cells the tab
     python pipeline/grid.py --presets mnist,fashion_mnist --ipc 1,10,50 \\
         --methods random,herding,dm,m3d --seeds 0,1,2 [key=value ...] [--out DIR]
 
-Methods: random, herding, dm (linear kernel), m3d, whole (the whole training set, the upper
-bound). A variant with its own overrides is NAME:key=value[:key=value...], e.g. dm:lr=0.01.
-Overrides after the options apply to every cell ({preset} in a value is the preset's name). Runs
+Methods: random, herding, init (M3D's starting set), dm (linear kernel), m3d, whole (the whole
+training set, the upper bound). A variant with its own overrides is NAME:key=value[:key=value...],
+e.g. dm:lr=0.01; its keys win over the overrides after the options, which apply to every cell
+({preset} in a value is the preset's name). Runs
 go to DIR/runs, the table to DIR/results.parquet and DIR/report.html (default DIR:
 benchmarks/results/grid); several grid commands may share one DIR.
 """

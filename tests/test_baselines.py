@@ -59,6 +59,33 @@ def test_herding_method_and_moment_diagnostics_in_a_run(tmp_path):
     assert set(m["moments"]) == {"synthetic", "initial"} and m["moments"]["synthetic"]["mean"] > 0
 
 
+def test_init_method_stores_exactly_the_set_m3ds_first_iteration_starts_from_at_its_factor(tmp_path):
+    from m3d_condense.pipeline.config.loader import load_config
+    from m3d_condense.pipeline.data.dataset import open_class_cache
+    from m3d_condense.pipeline.method.engine import Condenser
+
+    common = [f"out_dir={tmp_path}", "run_name=i", "eval.runs=0", "encoder.width=16", "diagnostics.moments=false"]
+    assert main(["digits", "method=init", *common]) == 0
+    stored = SyntheticSet.load(tmp_path / "i")
+    s = json.loads((tmp_path / "i" / "summary.json").read_text())
+    cfg = load_config("digits", ["encoder.width=16"])
+    classes = list(range(cfg.data.num_classes))
+    start = Condenser(CondenseSpec.of(cfg), open_class_cache(cfg.data, classes, torch.device("cpu")), classes,
+                      torch.device("cpu")).images
+    assert s["method"] == "init" and s["iterations"] == 0 and stored.factor == cfg.factor == 2
+    assert torch.equal(stored.images, start.detach())  # the condensation's own start, not a re-draw
+    assert stored.decoded()[0].shape[0] == len(classes) * cfg.ipc * cfg.factor ** 2
+
+
+def test_grid_cell_a_variants_own_keys_win_over_the_overrides_every_cell_gets():
+    from m3d_condense.pipeline.config.loader import load_config
+    from m3d_condense.pipeline.results.grid import cell_config
+
+    keys = cell_config("m3d", ["iterations=7", "lr=0.5"], 1, 0, "runs", "x", ["iterations=40", "eval.epochs=3"])
+    cfg = load_config("digits", keys)
+    assert (cfg.iterations, cfg.lr, cfg.eval.epochs, cfg.method, cfg.kernel) == (7, 0.5, 3, "m3d", "gaussian")
+
+
 def test_whole_method_trains_on_every_training_image_and_stores_no_copy(tmp_path):
     from m3d_condense.pipeline.config.loader import load_config
     from m3d_condense.pipeline.data.dataset import load_split

@@ -65,7 +65,7 @@ def choices(name: str, values: tuple[str, ...]) -> type[Choice]:
     return Choice(name, {v: v for v in values}, module=__name__, qualname=name)
 
 
-Method = choices("Method", ("m3d", "random", "herding", "whole"))
+Method = choices("Method", ("m3d", "init", "random", "herding", "whole"))
 Device = choices("Device", ("auto", "cpu", "cuda"))
 Backend = choices("Backend", ("auto", "local", "ray"))
 Kernel = choices("Kernel", KERNELS)
@@ -84,7 +84,7 @@ AutoSwitch = Union[str, bool]  # "auto" | true | false
 # engine with the linear kernel at DM's released step converted to pixel space (lr 0.1).
 NAMED_METHODS: dict[str, list[str]] = {
     "random": ["method=random"], "herding": ["method=herding"], "dm": ["method=m3d", "kernel=linear", "lr=0.1"],
-    "m3d": ["method=m3d", "kernel=gaussian"], "whole": ["method=whole"]}
+    "m3d": ["method=m3d", "kernel=gaussian"], "init": ["method=init"], "whole": ["method=whole"]}
 
 
 def named_method(method: str, kernel: str) -> str:
@@ -224,8 +224,9 @@ class RunConfig:
     of them: ``method/spec.py``'s ``CondenseSpec.of``)."""
 
     preset: str = shaping("custom")  # the configs/<preset>.yaml this run started from
-    # m3d (kernel=linear is DM) | random | herding (real images chosen on random-encoder features)
-    # | whole (train on the whole training set: the upper bound; ipc unused)
+    # m3d (kernel=linear is DM) | init (M3D's starting set, `init` tiled at `factor`, no matching:
+    # what the matching adds is m3d minus init) | random | herding (real images chosen on
+    # random-encoder features) | whole (train on the whole training set: the upper bound; ipc unused)
     method: Method = shaping(Method.m3d)
     seed: int = shaping(0)
     device: Device = operational(Device.auto)
@@ -296,9 +297,9 @@ class RunConfig:
 
     @property
     def stored_factor(self) -> int:
-        """The multi-formation factor of the stored set: ``factor`` for M3D; 1 for the selection
-        baselines and the whole set, which store real images as they are."""
-        return self.factor if self.method == "m3d" else 1
+        """The multi-formation factor of the stored set: ``factor`` for M3D and its starting set
+        (``init``); 1 for the selection baselines and the whole set, which store real images as they are."""
+        return self.factor if self.method in ("m3d", "init") else 1
 
     @property
     def labels(self) -> torch.Tensor:

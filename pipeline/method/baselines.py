@@ -1,5 +1,6 @@
-"""Selection baselines evaluated in the same harness as condensation: random real images,
-herding on random-encoder features, and the whole training set (the upper bound)."""
+"""Selection baselines evaluated in the same harness as condensation: M3D's starting set
+(``init``, the engine's own), random real images, herding on random-encoder features, and the
+whole training set (the upper bound)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,7 +9,7 @@ import torch
 
 from m3d_condense.pipeline.data import ClassCache
 from m3d_condense.pipeline.data.labeled import class_major_labels
-from m3d_condense.pipeline.method.engine import build_encoder
+from m3d_condense.pipeline.method.engine import build_encoder, initial_images
 from m3d_condense.pipeline.method.spec import CondenseSpec
 
 CHUNK = 256  # images per feature forward
@@ -67,8 +68,12 @@ def herding(cache: ClassCache, classes: Sequence[int], ipc: int, s: CondenseSpec
 
 def select_real(method: str, s: CondenseSpec, cache: ClassCache, classes: Sequence[int],
                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The real images the baseline ``method`` (random, herding or whole) selects from ``cache``,
-    ``s.ipc`` per class for the first two."""
+    """The images the baseline ``method`` selects from ``cache``: for ``init`` the condensation's
+    starting set (``s.ipc`` stored images per class, each ``s.factor`` x ``s.factor`` real tiles,
+    exactly what M3D's first iteration starts from), for random and herding ``s.ipc`` real images
+    per class, for whole every one."""
+    if method == "init":
+        return initial_images(cache, classes, s), class_major_labels(classes, s.ipc)
     if method == "herding":
         return herding(cache, classes, s.ipc, s, device)
     if method == "whole":

@@ -121,7 +121,7 @@ def synthesize(cfg: RunConfig, store: RunStore, state: RunState, backend: str, w
         group = start_workers(cfg, backend, workers, store.url)
         if cfg.method == "m3d":
             parts, history, it_per_s = step_workers(cfg, store, state, group, progress, spent)
-        else:  # a selection baseline: real images, stored without multi-formation
+        else:  # a selection baseline (real images; init: M3D's start, tiled at the factor)
             parts, history = group.select(), []
         synthetic.write_index(store.url, [p.slice for p in parts], cfg.stored_factor, parts[0].class_names,
                               cfg.data.mean, cfg.data.std)

@@ -116,7 +116,7 @@ class ClassWorker:
         """Store the real images the baseline ``cfg.method`` picks from this worker's classes as
         its slice of the run's synthetic set; returns the slice's index entry."""
         images, labels = select_real(self.cfg.method, self.spec, self.cache, self.classes, self.device)
-        picked = SyntheticSet(images.cpu(), labels.cpu(), 1, self.cache.class_names)
+        picked = SyntheticSet(images.cpu(), labels.cpu(), self.cfg.stored_factor, self.cache.class_names)
         return StoredSlice(picked.write_slice(self.run_url, self.classes), self.cache.class_names)
 
     def moments(self) -> MomentGaps:

@@ -4,10 +4,11 @@ table; a rerun skips the cells the table already has.
     python pipeline/grid.py --presets mnist,fashion_mnist --ipc 1,10,50 \\
         --methods random,herding,dm,m3d --seeds 0,1,2 [key=value ...] [--out DIR]
 
-Methods (``NAMED_METHODS``, ``pipeline/config/schema.py``): random, herding, dm (linear kernel), m3d, whole
-(the whole training set, the upper bound; its IPC is ignored and the report shows it as "whole
-set"). A variant with its own overrides is NAME:key=value[:key=value...], e.g. dm:lr=0.01 (a
-column of its own in the table).
+Methods (``NAMED_METHODS``, ``pipeline/config/schema.py``): random, herding, init (M3D's starting
+set: the real tiles it condenses from), dm (linear kernel), m3d, whole (the whole training set,
+the upper bound; its IPC is ignored and the report shows it as "whole set"). A variant with its
+own overrides is NAME:key=value[:key=value...], e.g. dm:lr=0.01 (a column of its own in the
+table); its keys win over the overrides every cell gets.
 
 Overrides after the options apply to every cell (e.g. a reduced protocol: iterations=200
 eval.epochs=100 data.root=...; use {preset} in a value for the preset's name, e.g.
@@ -85,6 +86,15 @@ def cell_rows(summary: dict, cell: dict) -> list[dict]:
     return rows
 
 
+def cell_config(method: str, variant: list[str], ipc: int, seed: int, runs: str, name: str,
+                overrides: list[str]) -> list[str]:
+    """The overrides of one cell, in the order they apply: the named method's, the ones every cell
+    gets, the cell's own (ipc, seed, where it runs), then the variant's (``dm:lr=0.01``), which are
+    the most specific and so win (``m3d:iterations=100`` beside a common ``iterations=2000``)."""
+    return [*NAMED_METHODS[method], *overrides, f"ipc={ipc}", f"seed={seed}", f"out_dir={runs}", f"run_name={name}",
+            *variant]
+
+
 def run_grid(presets: list[str], ipcs: list[int], methods: list[str], seeds: list[int], out: str,
              overrides: list[str]) -> list[dict]:
     """Run every cell of presets x ipcs x methods x seeds not yet in ``out``'s table (each
@@ -101,8 +111,7 @@ def run_grid(presets: list[str], ipcs: list[int], methods: list[str], seeds: lis
         cell_overrides = [o.replace("{preset}", preset) for o in overrides]
         base, *variant = method.split(":")
         name = f"{preset}_{method.replace(':', '_').replace('=', '')}_ipc{ipc}_s{seed}"
-        cfg = load_config(preset, [*NAMED_METHODS[base], *variant, f"ipc={ipc}", f"seed={seed}",
-                                   f"out_dir={storage.join(out, 'runs')}", f"run_name={name}", *cell_overrides])
+        cfg = load_config(preset, cell_config(base, variant, ipc, seed, storage.join(out, "runs"), name, cell_overrides))
         print(f"[grid] {preset} ipc {ipc} {method} seed {seed}", file=sys.stderr, flush=True)
         rows = cell_rows(run(cfg, progress=False), cell)
         cell_file = f"{name}_{hashlib.sha1(protocol.encode()).hexdigest()[:8]}.parquet"
