@@ -102,7 +102,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
 # synthesize --------------------------------------------------------------------------------
 def synthesize(cfg: RunConfig, store: RunStore, state: RunState, backend: str, workers: int,
                device: torch.device, progress: bool) -> tuple[Synthesized, WorkerGroup | None]:
-    """The run's set: condensed (M3D) or selected (random, herding) by the workers, each storing
+    """The run's set: condensed (M3D) or selected (init, random, herding) by the workers, each storing
     the slice of its own classes, or the whole training set read here (not stored); left as is
     if the run has condensed. Also returns the workers it started (the caller stops them), None
     if it started none."""

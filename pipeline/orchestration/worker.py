@@ -113,8 +113,9 @@ class ClassWorker:
                                                  self.state())
 
     def select(self) -> StoredSlice:
-        """Store the real images the baseline ``cfg.method`` picks from this worker's classes as
-        its slice of the run's synthetic set; returns the slice's index entry."""
+        """Store the images the baseline ``cfg.method`` picks from this worker's classes (real
+        images; for ``init`` M3D's starting set, at the factor) as its slice of the run's synthetic
+        set; returns the slice's index entry."""
         images, labels = select_real(self.cfg.method, self.spec, self.cache, self.classes, self.device)
         picked = SyntheticSet(images.cpu(), labels.cpu(), self.cfg.stored_factor, self.cache.class_names)
         return StoredSlice(picked.write_slice(self.run_url, self.classes), self.cache.class_names)
