@@ -37,6 +37,7 @@ from m3d_condense.pipeline.method.memory import peak_rss_bytes
 from m3d_condense.pipeline.method.seeding import derive_seed
 from m3d_condense.pipeline.method.spec import CondenseSpec
 from m3d_condense.pipeline.orchestration.groups import resolve_backend, start_workers
+from m3d_condense.pipeline.orchestration.lease import RunLease
 from m3d_condense.pipeline.orchestration.protocol import EvalJob, StoredSlice, WorkerGroup
 from m3d_condense.pipeline.orchestration.run_store import RunState, RunStore, Status
 from m3d_condense.pipeline.results import outputs, synthetic, tracking
@@ -58,11 +59,16 @@ class Synthesized:
 def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     """Condense (or resume), evaluate and write the run directory; returns the summary."""
     run_url = storage.join(cfg.out_dir, cfg.run_name)
-    store = RunStore(run_url)
-    state = store.open(cfg)
-    if state.status == Status.finished and not cfg.reevaluate:
+    if RunStore(run_url).open(cfg).status == Status.finished and not cfg.reevaluate:
         log.info(f"{run_url} finished earlier; nothing to do (reevaluate=true evaluates its synthetic set again)")
         return outputs.read_json(storage.join(run_url, "summary.json"))
+    with RunLease(run_url) as lease:  # one driver per run directory (a scheduled rerun may overlap)
+        return drive(cfg, RunStore(run_url, lease=lease), progress)
+
+
+def drive(cfg: RunConfig, store: RunStore, progress: bool) -> dict:
+    """The stages of ``run_pipeline``, by the process that holds the run's lease."""
+    run_url, state = store.url, store.open(cfg)  # read again under the lease
     outputs.write_config(storage.join(run_url, "config.yaml"), cfg)
     tracking.check_tracking(cfg)  # a missing tracking package fails now, not after condensing
     log.info(f"{cfg.preset}: method={cfg.method} kernel={cfg.kernel} ipc={cfg.ipc} factor={cfg.factor} -> {run_url}")

@@ -25,6 +25,7 @@ from m3d_condense.pipeline.config.loader import hydra_overrides
 from m3d_condense.pipeline.config.schema import RunConfig, dotted, fingerprint, shaping_values
 from m3d_condense.pipeline.data import storage
 from m3d_condense.pipeline.errors import RunError
+from m3d_condense.pipeline.orchestration.lease import RunLease
 from m3d_condense.pipeline.results.synthetic import FOLDER, SyntheticSet, read_slice, slice_classes
 
 RUN_FILE = "run.json"
@@ -102,8 +103,9 @@ def changed_keys(old: dict, cfg: RunConfig) -> list[str]:
 class RunStore:
     """Reads and writes run.json and the checkpoint slices under ``run_url``."""
 
-    def __init__(self, run_url: str):
+    def __init__(self, run_url: str, lease: RunLease | None = None):
         self.url = str(run_url)
+        self.lease = lease  # the driver's: every write of run.json first checks it is still held
         self.bytes_written = 0  # checkpoint slices this store wrote, and read (control-plane telemetry)
         self.bytes_read = 0
 
@@ -118,6 +120,8 @@ class RunStore:
             return None
 
     def write(self, state: RunState) -> None:
+        if self.lease is not None:
+            self.lease.check()
         storage.write_bytes_atomic(self.path(RUN_FILE), state.to_json())
 
     def open(self, cfg: RunConfig) -> RunState:
