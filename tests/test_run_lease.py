@@ -110,7 +110,7 @@ def test_a_second_driver_of_a_running_run_is_refused_and_the_first_runs_on(tmp_p
     first = subprocess.Popen(cmd, stderr=log.open("w"), env=env)
     try:
         run_json = tmp_path / "r" / RUN_FILE
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600
         while not (run_json.exists() and json.loads(run_json.read_text())["iteration"] >= 10):
             assert first.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
@@ -120,7 +120,7 @@ def test_a_second_driver_of_a_running_run_is_refused_and_the_first_runs_on(tmp_p
         assert f"lease.json: this run is being driven by another process (pid {first.pid} on host" in second.stderr
         assert "resumed" not in second.stderr and "restored" not in second.stderr
         at = json.loads(run_json.read_text())["iteration"]
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600
         while json.loads(run_json.read_text())["iteration"] == at:  # the first driver keeps checkpointing
             assert first.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
