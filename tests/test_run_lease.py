@@ -68,6 +68,17 @@ def test_a_lease_of_this_host_lapses_at_once_when_its_process_has_ended(run_url)
         assert lease.read().pid == os.getpid()
 
 
+def test_a_lease_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path):
+    run_url = str(tmp_path / "run")
+    me = socket.gethostname(), os.getpid()
+    predecessor = Holder("restarted", *me, time.time(), time.time(), process="an-earlier-boot:1234")
+    storage.write_bytes_atomic(storage.join(run_url, LEASE_FILE), predecessor.to_json())
+    with RunLease(run_url) as lease:  # e.g. a restarted container's driver, given its predecessor's pid
+        assert lease.read().token == lease.mine.token
+        with pytest.raises(RunInUseError, match=f"pid {os.getpid()} on host"):
+            RunLease(run_url).acquire()  # a second driver in this very process is refused
+
+
 def test_the_heartbeat_advances_while_the_lease_is_held(run_url):
     with RunLease(run_url, heartbeat_s=0.05) as lease:
         first = lease.read().heartbeat

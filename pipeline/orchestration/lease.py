@@ -6,8 +6,9 @@ the run's lease before it reads run.json and holds it to the end:
 
 - taking it: refused (``RunInUseError``, naming the file and the holder) while another live
   process holds it. A holder is live when its heartbeat is younger than ``stale_after_s``
-  (10 minutes) and, on this same host, its process still exists; so a driver killed on this
-  host (SIGKILL, a reboot) is taken over at once, one on another host after 10 minutes.
+  (10 minutes) and, on this same host, its process still exists (the same process: its pid
+  and start time); so a driver killed on this host (SIGKILL, a reboot, a restarted container
+  whose new driver got the old pid) is taken over at once, one on another host after 10 minutes.
 - holding it: a daemon thread rewrites the heartbeat every ``heartbeat_s`` (60 s), also while
   the driver waits on long evaluations. Before every write of run.json, ``RunStore`` asks
   ``check()``, which fails if the lease now names another process (this one stalled past the
@@ -52,6 +53,7 @@ class Holder:
     pid: int
     started: float
     heartbeat: float
+    process: str = ""  # which process had that pid (process_identity), so a reused pid is not taken for it
 
     def to_json(self) -> bytes:
         return (json.dumps(dataclasses.asdict(self), indent=2) + "\n").encode()
@@ -60,7 +62,8 @@ class Holder:
     def from_json(cls, raw: bytes, where: str) -> "Holder":
         try:
             d = json.loads(raw)
-            return cls(str(d["token"]), str(d["host"]), int(d["pid"]), float(d["started"]), float(d["heartbeat"]))
+            return cls(str(d["token"]), str(d["host"]), int(d["pid"]), float(d["started"]), float(d["heartbeat"]),
+                       str(d.get("process", "")))
         except (ValueError, KeyError, TypeError) as e:
             raise RunError(f"{where}: not a run lease ({type(e).__name__}: {e}); if no process drives this "
                            "run, delete the file") from e
@@ -80,11 +83,29 @@ def process_exists(pid: int) -> bool:
     return True
 
 
+def process_identity(pid: int) -> str:
+    """The boot and start time of process ``pid`` on Linux ("" elsewhere, or if it does not
+    exist): a pid is reused, this pair is not (a restarted container's driver often gets the
+    pid its predecessor had)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{pid}/stat") as f:
+            start = f.read().rsplit(")", 1)[1].split()[19]  # field 22, starttime, after "pid (comm)"
+    except (OSError, IndexError):
+        return ""
+    return f"{boot}:{start}"
+
+
 def is_live(holder: Holder, now: float, stale_after_s: float = STALE_AFTER_S) -> bool:
-    """Whether ``holder`` still drives its run: a fresh heartbeat and, on this host, a process."""
+    """Whether ``holder`` still drives its run: a fresh heartbeat and, on this host, its process."""
     if now - holder.heartbeat >= stale_after_s:
         return False
-    return holder.host != socket.gethostname() or process_exists(holder.pid)
+    if holder.host != socket.gethostname():
+        return True
+    if holder.process and process_identity(holder.pid):
+        return process_identity(holder.pid) == holder.process
+    return process_exists(holder.pid)
 
 
 class RunLease:
@@ -98,7 +119,7 @@ class RunLease:
         self.url = storage.join(run_url, LEASE_FILE)
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
         now = time.time()
-        self.mine = Holder(uuid.uuid4().hex, socket.gethostname(), os.getpid(), now, now)
+        self.mine = Holder(uuid.uuid4().hex, socket.gethostname(), os.getpid(), now, now, process_identity(os.getpid()))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost_to: Holder | None = None  # set by the heartbeat when another process took the run
