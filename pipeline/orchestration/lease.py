@@ -103,8 +103,9 @@ def is_live(holder: Holder, now: float, stale_after_s: float = STALE_AFTER_S) ->
         return False
     if holder.host != socket.gethostname():
         return True
-    if holder.process and process_identity(holder.pid):
-        return process_identity(holder.pid) == holder.process
+    now_running = process_identity(holder.pid)
+    if holder.process and now_running:
+        return now_running == holder.process
     return process_exists(holder.pid)
 
 
@@ -122,7 +123,6 @@ class RunLease:
         self.mine = Holder(uuid.uuid4().hex, socket.gethostname(), os.getpid(), now, now, process_identity(os.getpid()))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.lost_to: Holder | None = None  # set by the heartbeat when another process took the run
 
     def read(self) -> Holder | None:
         try:
@@ -138,7 +138,7 @@ class RunLease:
         self.mine = dataclasses.replace(self.mine, heartbeat=now)
         storage.write_bytes_atomic(self.url, self.mine.to_json())
         after = self.read()
-        if after is None or after.token != self.mine.token:  # another driver wrote in between
+        if not self._is_mine(after):  # another driver wrote in between
             raise self._in_use(after or held or self.mine, time.time())
         self._thread = threading.Thread(target=self._beat, name="run-lease-heartbeat", daemon=True)
         self._thread.start()
@@ -146,8 +146,7 @@ class RunLease:
     def check(self) -> None:
         """Fail if another process has taken the run since this one took it."""
         held = self.read()
-        if held is None or held.token != self.mine.token:
-            self.lost_to = held
+        if not self._is_mine(held):
             raise RunInUseError(f"{self.url}: another process took over this run"
                                 f"{' (' + held.describe(time.time()) + ')' if held else ''} while this one "
                                 f"stalled for over {self.stale_after_s:.0f} s; it owns the run now, so this "
@@ -159,7 +158,7 @@ class RunLease:
             self._thread.join()
         try:
             held = self.read()
-            if held is not None and held.token == self.mine.token:
+            if self._is_mine(held):
                 storage.remove(self.url)
         except Exception as e:  # noqa: BLE001 - must not hide the error the run may be ending with
             log.warning(f"{self.url}: could not release the run's lease ({type(e).__name__}: {e}); it lapses "
@@ -168,14 +167,15 @@ class RunLease:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                held = self.read()
-                if held is None or held.token != self.mine.token:
-                    self.lost_to = held
-                    return  # check() reports it before the next write of run.json
+                if not self._is_mine(self.read()):
+                    return  # taken over: check() reports it before the next write of run.json
                 self.mine = dataclasses.replace(self.mine, heartbeat=time.time())
                 storage.write_bytes_atomic(self.url, self.mine.to_json())
             except Exception as e:  # noqa: BLE001 - a store down for a while: beat again; the lease lapses only if it stays down
                 log.warning(f"{self.url}: heartbeat not written ({type(e).__name__}: {e})")
+
+    def _is_mine(self, held: Holder | None) -> bool:
+        return held is not None and held.token == self.mine.token
 
     def _in_use(self, held: Holder, now: float) -> RunInUseError:
         return RunInUseError(
