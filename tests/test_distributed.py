@@ -202,6 +202,14 @@ def test_ray_job_submit_of_a_small_preset_to_the_local_head(ray_head, tmp_path):
     assert is_stored(tmp_path / "job")
 
 
+def test_workers_sharing_a_cpu_node_size_their_steps_for_their_share_of_its_memory(ray_head, tmp_path, capsys):
+    """Two workers of 2 CPUs each on the 4-CPU head: each sizes its step (classes per forward)
+    for half the free memory it sees, not all of it, so the two cannot together need twice it."""
+    assert main(["digits", f"out_dir={tmp_path}", "run_name=shared", "iterations=10", *TINY,
+                 *_ray(ray_head[0], 2, "ray.worker_cpus=2")]) == 0
+    assert "steps sized for 0.5 of a node's free memory" in capsys.readouterr().err
+
+
 def test_workers_spread_over_the_nodes_of_a_multi_node_cluster_give_the_same_set(tmp_path, uninterrupted, capsys):
     import ray
     from ray.cluster_utils import Cluster
@@ -213,8 +221,10 @@ def test_workers_spread_over_the_nodes_of_a_multi_node_cluster_give_the_same_set
             cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         assert main(["digits", f"out_dir={tmp_path}", "run_name=multi", "iterations=60", *TINY,
-                     *_ray(cluster.address, 2)]) == 0
-        assert "2 worker(s) on 2 node(s)" in capsys.readouterr().err
+                     *_ray(cluster.address, 2, "ray.worker_cpus=1")]) == 0
+        err = capsys.readouterr().err
+        assert "2 worker(s) on 2 node(s)" in err
+        assert "of a node's free memory" not in err  # a whole node's CPUs each: no neighbour can share it
         assert torch.equal(_synthetic(tmp_path, "multi"), uninterrupted)
     finally:
         ray.shutdown()

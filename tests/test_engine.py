@@ -233,6 +233,18 @@ def test_memory_decides_the_classes_per_forward_and_refuses_what_cannot_fit(tiny
         Condenser(s, ClassCache.from_labeled(tiny_data, range(4)), range(4))
 
 
+def test_a_process_sharing_the_free_memory_sizes_its_step_for_its_share_of_it_but_is_never_refused_for_it(tiny_data, monkeypatch):
+    from m3d_condense.pipeline.method import memory
+
+    s = settings()
+    monkeypatch.setattr(memory, "free_bytes", lambda device: int(memory.step_bytes(s, 2) / memory.HEADROOM) + 1)
+    cache = ClassCache.from_labeled(tiny_data, range(4))
+    assert Condenser(s, cache, range(4), memory_share=1.0).chunk == 2
+    assert Condenser(s, cache, range(4), memory_share=0.5).chunk == 1
+    # The share bounds how many neighbours there may be, not how many there are: it never refuses.
+    assert Condenser(s, cache, range(4), memory_share=0.01).chunk == 1
+
+
 def test_step_memory_estimate_grows_with_classes_ipc_and_resolution():
     from m3d_condense.pipeline.method.memory import step_bytes
 

@@ -100,7 +100,7 @@ class Condenser:
     as ``spec`` (``CondenseSpec.of`` the run's config) says."""
 
     def __init__(self, spec: CondenseSpec, cache: ClassCache, classes: Sequence[int],
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", memory_share: float = 1.0):
         self.s, self.cache, self.device = spec, cache, torch.device(device)
         self.classes = [int(c) for c in classes]
         s = spec
@@ -110,8 +110,10 @@ class Condenser:
         self._encoder_index, self._encoder = None, None
         self.compiled = compiles_encoder(s)
         self._embed = compiled_call("embed", self.compiled)
-        # The memory bound; with chunk_classes=0 the first step times a few sizes up to it.
-        self.chunk = classes_per_forward(s, len(self.classes), self.device, s.chunk_classes)
+        # The memory bound (within memory_share of the free memory, when processes beside this one
+        # size their steps from the same memory); with chunk_classes=0 the first step times a few
+        # sizes up to it.
+        self.chunk = classes_per_forward(s, len(self.classes), self.device, s.chunk_classes, memory_share)
         self._chunk_tuned = s.chunk_classes > 0
         # Per-row constants of the reference replay: class c (position c in the released loop's
         # class order) drifts c steps before its gradient step and C - 1 - c after it.

@@ -71,9 +71,13 @@ class MemoryBudgetError(RunError, RuntimeError):
     """A configuration that cannot fit on its device; the message gives the numbers."""
 
 
-def classes_per_forward(s: CondenseSpec, classes: int, device: torch.device, requested: int = 0) -> int:
-    """``requested`` (> 0), or the most classes whose step fits in the free memory of ``device``.
-    Raises MemoryBudgetError with the numbers if not even one class fits."""
+def classes_per_forward(s: CondenseSpec, classes: int, device: torch.device, requested: int = 0,
+                        share: float = 1.0) -> int:
+    """``requested`` (> 0), or the most classes whose step fits in ``share`` (0 < share <= 1) of
+    the free memory of ``device``, and at least one: ``share`` is the part a process may take when
+    others beside it may size their steps from the same free memory (Ray workers on one CPU node:
+    ``placement.memory_share``, an upper bound on how many there are, so it caps the size but
+    never refuses). Raises MemoryBudgetError with the numbers if one class does not fit in all of it."""
     if requested > 0:
         return min(requested, classes)
     budget = HEADROOM * free_bytes(device)
@@ -83,4 +87,4 @@ def classes_per_forward(s: CondenseSpec, classes: int, device: torch.device, req
                            f"batch_real={s.batch_real}, {s.arch} at {s.data.image_size[0]}x{s.data.image_size[1]}), "
                            f"but {device} has {budget / 2**30:.1f} GiB usable; lower batch_real or ipc, or use a "
                            "device with more memory")
-    return max(1, min(classes, int(budget // one)))
+    return max(1, min(classes, int(budget * share // one)))

@@ -165,7 +165,10 @@ def step_workers(cfg: RunConfig, store: RunStore, state: RunState, group: Worker
     infos = group.info()
     t = min(i.iteration for i in infos)
     nodes, devices = {i.node for i in infos}, sorted({i.device for i in infos})
+    shares = sorted({round(i.memory_share, 3) for i in infos if i.memory_share < 1})
     log.info(f"{len(splits)} worker(s) on {len(nodes)} node(s), {'/'.join(devices)}"
+             + (f"; steps sized for {'/'.join(f'{s:g}' for s in shares)} of a node's free memory (the workers' "
+                "share of its CPUs)" if shares else "")
              + (f"; resumed at iteration {t}" if t else ""))
     for warning in (w for info in infos for w in info.warnings):
         log.warning(warning)

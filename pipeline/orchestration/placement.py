@@ -53,3 +53,19 @@ def node_id() -> str:
     if ray is not None and ray.is_initialized():
         return ray.get_runtime_context().get_node_id()
     return os.uname().nodename
+
+
+def memory_share(device: torch.device) -> float:
+    """The part of this node's free memory a condensation worker on ``device`` may size its step
+    for: on a CPU inside a Ray actor, its CPUs over the node's (Ray may place up to that many
+    workers side by side, each of which would otherwise size its step for all the free memory it
+    sees at start); 1 on a GPU (one worker per GPU) and outside Ray."""
+    ray = sys.modules.get("ray")
+    if device.type != "cpu" or ray is None or not ray.is_initialized():
+        return 1.0
+    mine = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
+    here = ray.get_runtime_context().get_node_id()
+    node_cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == here), 0)
+    if mine <= 0 or node_cpus <= 0:  # an actor that asked for no CPU: nothing bounds its neighbours
+        return 1.0
+    return min(1.0, mine / node_cpus)

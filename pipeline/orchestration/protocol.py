@@ -29,6 +29,7 @@ class WorkerInfo:
     where: str
     gpu_ids: list[str]
     cuda_visible_devices: str | None
+    memory_share: float = 1.0  # of its node's free memory its steps are sized for (placement.memory_share)
     warnings: list[str] = field(default_factory=list)  # shown by the driver
 
 

@@ -19,7 +19,7 @@ from m3d_condense.pipeline.method.compute import pick_device
 from m3d_condense.pipeline.method.diagnostics import moment_report
 from m3d_condense.pipeline.method.engine import Condenser, initial_images, step_until
 from m3d_condense.pipeline.method.spec import CondenseSpec
-from m3d_condense.pipeline.orchestration.placement import check_assigned_gpus, node_id, ray_gpu_ids, where
+from m3d_condense.pipeline.orchestration.placement import check_assigned_gpus, memory_share, node_id, ray_gpu_ids, where
 from m3d_condense.pipeline.orchestration.protocol import MomentGaps, SliceEntry, Step, StoredSlice, WorkerInfo
 from m3d_condense.pipeline.orchestration.run_store import RunStore
 from m3d_condense.pipeline.results.synthetic import SyntheticSet
@@ -37,6 +37,7 @@ class ClassWorker:
         # Shown by the driver, which reads them from info() as soon as the actors are up.
         self.warnings = [w for w in [check_assigned_gpus(self.cfg.device, self._who())] if w]
         self.device = pick_device(self.cfg.device)
+        self.memory_share = memory_share(self.device)
         self.run_url = run_url
         self.store = RunStore(run_url)
         start = time.perf_counter()
@@ -59,8 +60,9 @@ class ClassWorker:
         first use: a worker started for the selection baselines, or for the diagnostics of a run
         that has condensed, never tunes an engine or reads a checkpoint."""
         if self._condenser is None:
-            self._condenser = Condenser(self.spec, self.cache, self.classes, self.device)
-            self._log(f"{self._condenser.chunk} classes per forward")
+            self._condenser = Condenser(self.spec, self.cache, self.classes, self.device, self.memory_share)
+            bound = f" (sized for {self.memory_share:.2g} of this node's free memory)" if self.memory_share < 1 else ""
+            self._log(f"{self._condenser.chunk} classes per forward{bound}")
             run = self.store.read()
             if run and run.iteration > 0:
                 self._restore(run)
@@ -85,7 +87,8 @@ class ClassWorker:
                           restored_from=self.restored_from, restored_bytes=self.store.bytes_read,
                           device=str(self.device), pid=os.getpid(), host=os.uname().nodename, node=node_id(),
                           class_names=self.cache.class_names, where=where(), gpu_ids=ray_gpu_ids(),
-                          cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), warnings=self.warnings)
+                          cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                          memory_share=self.memory_share, warnings=self.warnings)
 
     def run_until(self, target: int, checkpoint: bool, snapshot_url: str | None = None) -> Step:
         """Step to iteration ``target``; write this slice's checkpoint there if ``checkpoint``,
