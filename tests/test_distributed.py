@@ -210,6 +210,16 @@ def test_workers_sharing_a_cpu_node_size_their_steps_for_their_share_of_its_memo
     assert "steps sized for 0.5 of a node's free memory" in capsys.readouterr().err
 
 
+def test_an_in_process_worker_of_a_driver_connected_to_ray_sizes_its_step_for_all_the_free_memory(ray_head):
+    import ray
+
+    from m3d_condense.pipeline.orchestration.placement import memory_share
+
+    if not ray.is_initialized():
+        ray.init(address=ray_head[0])
+    assert memory_share(torch.device("cpu")) == 1.0  # a driver is no actor: Ray placed nothing beside it
+
+
 def test_workers_spread_over_the_nodes_of_a_multi_node_cluster_give_the_same_set(tmp_path, uninterrupted, capsys):
     import ray
     from ray.cluster_utils import Cluster

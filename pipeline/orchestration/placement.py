@@ -59,9 +59,11 @@ def memory_share(device: torch.device) -> float:
     """The part of this node's free memory a condensation worker on ``device`` may size its step
     for: on a CPU inside a Ray actor, its CPUs over the node's (Ray may place up to that many
     workers side by side, each of which would otherwise size its step for all the free memory it
-    sees at start); 1 on a GPU (one worker per GPU) and outside Ray."""
+    sees at start); 1 on a GPU (one worker per GPU), outside Ray and outside an actor."""
     ray = sys.modules.get("ray")
     if device.type != "cpu" or ray is None or not ray.is_initialized():
+        return 1.0
+    if ray.get_runtime_context().get_actor_id() is None:  # the in-process worker of a driver that uses Ray
         return 1.0
     mine = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
     here = ray.get_runtime_context().get_node_id()
