@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import tempfile
 
 import torch
 
 from m3d_condense.pipeline.config.schema import ConfigError, RunConfig
+from m3d_condense.pipeline.orchestration.placement import connected_ray
 from m3d_condense.pipeline.orchestration.protocol import MomentGaps, Step, StoredSlice, WorkerGroup, WorkerInfo
 from m3d_condense.pipeline.orchestration.worker import ClassWorker
 
@@ -96,8 +96,7 @@ def ray_cluster_running(address: str | None) -> bool:
     a plain TCP connection: nothing connects to Ray, and a stale session file costs no timeout."""
     if address is not None or os.environ.get("RAY_ADDRESS"):
         return True
-    ray = sys.modules.get("ray")  # a cluster this process is already connected to
-    if ray is not None and ray.is_initialized():
+    if connected_ray() is not None:  # a cluster this process is already connected to
         return True
     session = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
     try:

@@ -12,11 +12,19 @@ import torch
 from m3d_condense.pipeline.method.compute import GPUUnavailableError
 
 
+def connected_ray():
+    """The ray module if this process has imported it and is connected to a cluster, else None.
+    Read from ``sys.modules``: every Ray worker has imported it, the in-process backend need not,
+    and importing it here would cost seconds."""
+    ray = sys.modules.get("ray")
+    return ray if ray is not None and ray.is_initialized() else None
+
+
 def ray_gpu_ids() -> list[str]:
     """The GPU ids Ray assigned to this process (an actor or task that asked for num_gpus);
     empty outside Ray and in the driver."""
-    ray = sys.modules.get("ray")  # every Ray worker process has imported it; importing it here costs seconds
-    if ray is None or not ray.is_initialized():
+    ray = connected_ray()
+    if ray is None:
         return []
     return [str(g) for g in ray.get_gpu_ids()]
 
@@ -24,8 +32,8 @@ def ray_gpu_ids() -> list[str]:
 def where() -> str:
     """This process's host, node IP and Ray node id, for messages about placement."""
     host = os.uname().nodename
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
+    ray = connected_ray()
+    if ray is None:
         return f"host {host}"
     return f"node {host} ({ray.util.get_node_ip_address()}, Ray node {ray.get_runtime_context().get_node_id()})"
 
@@ -49,8 +57,8 @@ def check_assigned_gpus(device_name: str, who: str) -> str | None:
 
 def node_id() -> str:
     """The Ray node this process runs on (the host name outside Ray)."""
-    ray = sys.modules.get("ray")  # every Ray worker has imported it; the in-process backend need not
-    if ray is not None and ray.is_initialized():
+    ray = connected_ray()
+    if ray is not None:
         return ray.get_runtime_context().get_node_id()
     return os.uname().nodename
 
@@ -60,13 +68,14 @@ def memory_share(device: torch.device) -> float:
     for: on a CPU inside a Ray actor, its CPUs over the node's (Ray may place up to that many
     workers side by side, each of which would otherwise size its step for all the free memory it
     sees at start); 1 on a GPU (one worker per GPU), outside Ray and outside an actor."""
-    ray = sys.modules.get("ray")
-    if device.type != "cpu" or ray is None or not ray.is_initialized():
+    ray = connected_ray()
+    if device.type != "cpu" or ray is None:
         return 1.0
-    if ray.get_runtime_context().get_actor_id() is None:  # the in-process worker of a driver that uses Ray
+    context = ray.get_runtime_context()
+    if context.get_actor_id() is None:  # the in-process worker of a driver that uses Ray
         return 1.0
-    mine = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
-    here = ray.get_runtime_context().get_node_id()
+    mine = context.get_assigned_resources().get("CPU", 0)
+    here = context.get_node_id()
     node_cpus = next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == here), 0)
     if mine <= 0 or node_cpus <= 0:  # an actor that asked for no CPU: nothing bounds its neighbours
         return 1.0
